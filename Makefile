@@ -1,0 +1,31 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python >= 3.10 on PATH).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.musiclit-installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt -e ".[prep,wandb,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m musiclit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu" -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not gpu and not slow" -q -x
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check musiclit tests tools
+	$(VENV)/bin/ruff format --check musiclit tests tools
+
+clean:
+	rm -rf $(VENV) outputs runs .pytest_cache
