@@ -1,0 +1,126 @@
+"""Callbacks: the peft adapter written at the end of training, and audio samples logged while training."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run folder (``trainer.default_root_dir``)."""
+    return Path(trainer.default_root_dir)
+
+
+def save_adapter_atomic(model: Any, folder: str | Path) -> Path:
+    """Write a peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) atomically.
+
+    The adapter is written into a temporary sibling folder and renamed into place, so a crash never
+    leaves a half-written adapter that looks complete.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+class AdapterExport(Callback):
+    """Write the LoRA adapter in peft's standard layout when training ends (and after each checkpoint).
+
+    Args:
+        dirname: Folder name inside the run folder.
+        every_checkpoint: Also refresh it whenever a checkpoint is saved.
+    """
+
+    def __init__(self, dirname: str = "adapter", every_checkpoint: bool = False) -> None:
+        self.dirname = dirname
+        self.every_checkpoint = every_checkpoint
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from peft import PeftModel
+
+        model = getattr(pl_module, "model", None)
+        if trainer.is_global_zero and isinstance(model, PeftModel):
+            save_adapter_atomic(model, run_dir(trainer) / self.dirname)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the final adapter."""
+        self._export(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Optionally refresh the adapter with each checkpoint."""
+        if self.every_checkpoint:
+            self._export(trainer, pl_module)
+
+
+class SampleLogger(Callback):
+    """Generate short samples after validation, write WAVs into ``<run>/samples/`` and send them to loggers.
+
+    Args:
+        prompts: Texts to generate from (empty: no samples).
+        seconds: Length of each sample.
+        every_n_epochs: Generate after every n-th validation epoch.
+        guidance_scale: CFG scale used for the samples.
+        seed: Sampling seed (fixed, so samples from different steps compare like for like).
+    """
+
+    def __init__(
+        self,
+        prompts: list[str] | None = None,
+        seconds: float = 8.0,
+        every_n_epochs: int = 1,
+        guidance_scale: float = 3.0,
+        seed: int = 0,
+    ) -> None:
+        self.prompts = list(prompts or [])
+        self.seconds = seconds
+        self.every_n_epochs = max(1, every_n_epochs)
+        self.guidance_scale = guidance_scale
+        self.seed = seed
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Generate and log the samples."""
+        if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if trainer.current_epoch % self.every_n_epochs:
+            return
+        from musiclit.data.audio import write_audio
+        from musiclit.sampling import sample_audio
+
+        audio = sample_audio(
+            pl_module.base,
+            pl_module.tokenizer,
+            self.prompts,
+            self.seconds,
+            pl_module.frame_rate,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+        )
+        folder = run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}"
+        for i, (prompt, wav) in enumerate(zip(self.prompts, audio)):
+            write_audio(folder / f"{i:02d}.wav", wav.numpy(), pl_module.sample_rate)
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_audio"):  # TensorBoard
+                    experiment.add_audio(f"samples/{i:02d}", wav[0], trainer.global_step, pl_module.sample_rate)
+                elif type(logger).__name__ == "WandbLogger":
+                    logger.log_audio(  # type: ignore[attr-defined]
+                        key=f"samples/{i:02d}", audios=[wav[0].numpy()], sample_rate=[pl_module.sample_rate],
+                        caption=[prompt], step=trainer.global_step,
+                    )
+        (folder / "prompts.txt").write_text("\n".join(self.prompts) + "\n", encoding="utf-8")

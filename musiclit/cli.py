@@ -1,0 +1,113 @@
+"""The LightningCLI behind ``python -m musiclit fit|validate``.
+
+Run folder layout (``trainer.default_root_dir``)::
+
+    runs/<name>/
+      checkpoints/last.ckpt, step-*.ckpt   trainable weights + optimiser/scheduler/loop state
+      adapter/                             peft adapter (adapter_config.json + adapter_model.safetensors)
+      logs/version_N/config.yaml           the resolved config of each start (and metrics.csv)
+      tensorboard/version_N/               TensorBoard events
+      samples/step_*/                      audio samples generated during training
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from musiclit.callbacks import AdapterExport, SampleLogger
+from musiclit.data.datamodule import MusicDataModule
+from musiclit.module import MusicGenModule
+
+DEFAULT_ROOT = "runs/default"
+
+
+def quiet_libraries() -> None:
+    """Silence expected library chatter (the pad-token-2048 notice, weight-loading progress bars)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*pad_token_id.*")
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO)
+
+
+class MusicLitCLI(LightningCLI):
+    """LightningCLI with the sample rate/channels linked from the model, fixed run-folder layout, and
+    ``--ckpt_path last`` resolved to ``<run>/checkpoints/last.ckpt``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link model facts into the data module and add the always-on callbacks."""
+        parser.link_arguments("model.sample_rate", "data.sample_rate", apply_on="instantiate")
+        parser.link_arguments("model.audio_channels", "data.channels", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.filename": "step-{step:07d}",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.enable_version_counter": False,
+                "trainer.default_root_dir": DEFAULT_ROOT,
+            }
+        )
+        parser.add_lightning_class_args(AdapterExport, "adapter")
+        parser.add_lightning_class_args(SampleLogger, "samples")
+
+    def before_instantiate_classes(self) -> None:
+        """Default loggers and checkpoint folder inside the run folder; resolve ``--ckpt_path last``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = [
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": "logs"}},
+                {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": str(root), "name": "tensorboard", "default_hp_metric": False},
+                },
+            ]
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(root / "checkpoints")
+        ckpt = config.get("ckpt_path")
+        if ckpt == "last":
+            last = Path(config.checkpoint.dirpath) / "last.ckpt"
+            if not last.is_file():
+                self.parser.error(f"--ckpt_path last: no checkpoint at {last} (nothing to resume in {root})")
+            config.ckpt_path = str(last)
+        elif ckpt and not Path(ckpt).is_file():
+            self.parser.error(f"--ckpt_path {ckpt}: file not found")
+
+
+def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> MusicLitCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line, starting with the verb."""
+    quiet_libraries()
+    return MusicLitCLI(
+        MusicGenModule,
+        MusicDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "yaml"},
+        **kwargs,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``argv`` starts with the verb (fit, validate, ...)."""
+    build_cli(argv)
+    return 0

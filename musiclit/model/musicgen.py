@@ -1,0 +1,229 @@
+"""Loading MusicGen (transformers) from the hub, a local folder, or a config file (tiny test/demo models).
+
+Plain torch/transformers code, no Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HUB_MODELS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names the source and the problem."""
+
+
+@dataclass
+class LoadedMusicGen:
+    """A MusicGen model with its tokenizer and the facts training needs.
+
+    Attributes:
+        model: ``MusicgenForConditionalGeneration``.
+        tokenizer: The text tokenizer (T5's for released models, a character tokenizer for tiny ones).
+        sample_rate: Audio sample rate of the codec, Hz.
+        frame_rate: Codec frames per second.
+        num_codebooks: Codebooks per frame (4 mono, 8 stereo).
+        audio_channels: 1 (mono) or 2 (stereo models).
+        pad_token_id: The special token id (= codebook size, 2048 for released models).
+    """
+
+    model: Any
+    tokenizer: Any
+    sample_rate: int
+    frame_rate: int
+    num_codebooks: int
+    audio_channels: int
+    pad_token_id: int
+
+
+def tiny_config_dict(
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    ffn_dim: int = 64,
+    num_codebooks: int = 4,
+    text_dim: int = 32,
+) -> dict[str, Any]:
+    """The tiny MusicGen-architecture config (50 Hz, 32 kHz, 2048-entry codebooks), as a JSON-able dict."""
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    config = MusicgenConfig(
+        text_encoder=T5Config(
+            vocab_size=len(_CHARS) + 3,
+            d_model=text_dim,
+            d_kv=8,
+            d_ff=text_dim * 2,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        ).to_dict(),
+        audio_encoder=EncodecConfig(
+            sampling_rate=32000,
+            audio_channels=1,
+            hidden_size=16,
+            num_filters=4,
+            num_residual_layers=1,
+            num_lstm_layers=1,
+            upsampling_ratios=[8, 5, 4, 4],
+            codebook_size=2048,
+            target_bandwidths=[2.2],
+            use_causal_conv=False,
+            normalize=False,
+            chunk_length_s=None,
+            overlap=None,
+        ).to_dict(),
+        decoder=MusicgenDecoderConfig(
+            vocab_size=2048,
+            num_codebooks=num_codebooks,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            ffn_dim=ffn_dim,
+            max_position_embeddings=2048,
+            pad_token_id=2048,
+            bos_token_id=2048,
+            decoder_start_token_id=2048,
+        ).to_dict(),
+    )
+    config.decoder_start_token_id = 2048
+    config.pad_token_id = 2048
+    return config.to_dict()
+
+
+# The character vocabulary of the offline tokenizer: enough for English captions.
+_CHARS = string.ascii_lowercase + string.digits + " .,:;!?'-#/&()+"
+
+
+def build_char_tokenizer() -> Any:
+    """A deterministic character-level tokenizer (no download, no training) for tiny models.
+
+    Lower-cases its input; ids: 0 = <pad>, 1 = </s>, 2 = <unk>, then one id per character.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for ch in _CHARS:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=256
+    )
+
+
+def build_from_config(config: dict[str, Any] | str | os.PathLike[str], seed: int = 0) -> tuple[Any, Any]:
+    """Build a MusicGen model at a seeded random init from a config dict or JSON file, plus a tokenizer.
+
+    The same seed and config give the same weights, so a checkpoint that holds only trainable weights can
+    rebuild its frozen base.
+    """
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+
+    if not isinstance(config, dict):
+        path = Path(config)
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"{path}: cannot read MusicGen config ({err})") from None
+    cfg = MusicgenConfig.from_dict(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(cfg)
+    return model, build_char_tokenizer()
+
+
+def save_model_folder(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> Path:
+    """Save a model + tokenizer + processor folder that ``from_pretrained`` (and ``load_musicgen``) loads."""
+    from transformers import EncodecFeatureExtractor, MusicgenProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    audio_cfg = model.config.audio_encoder
+    extractor = EncodecFeatureExtractor(feature_size=audio_cfg.audio_channels, sampling_rate=audio_cfg.sampling_rate)
+    MusicgenProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def create_tiny_model_folder(folder: str | os.PathLike[str], seed: int = 0, **config_kwargs: Any) -> Path:
+    """Write a tiny random-init MusicGen folder (weights, config, tokenizer, processor) for tests/the demo."""
+    model, tokenizer = build_from_config(tiny_config_dict(**config_kwargs), seed=seed)
+    return save_model_folder(model, tokenizer, folder)
+
+
+def load_musicgen(pretrained: str, init_seed: int = 0, dtype: torch.dtype | None = None) -> LoadedMusicGen:
+    """Load MusicGen from a hub id, a local folder, or a config JSON file (random init from ``init_seed``).
+
+    Args:
+        pretrained: ``facebook/musicgen-small`` (or medium/large/stereo), a folder written by
+            ``save_pretrained``, or a ``.json`` MusicGen config.
+        init_seed: Seed of the random init when ``pretrained`` is a config file.
+        dtype: Load weights in this dtype (None: as stored).
+
+    Raises:
+        ModelLoadError: The source does not exist or does not hold a MusicGen model.
+    """
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    path = Path(pretrained).expanduser()
+    if path.suffix == ".json" and path.is_file():
+        model, tokenizer = build_from_config(path, seed=init_seed)
+        if dtype is not None:
+            model = model.to(dtype)
+    else:
+        if not path.exists() and ("/" not in pretrained or pretrained.startswith((".", "/", "~"))):
+            raise ModelLoadError(
+                f"{pretrained}: no such model folder or config file (hub ids look like 'facebook/musicgen-small')"
+            )
+        source = str(path) if path.exists() else pretrained
+        try:
+            model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as err:
+            raise ModelLoadError(f"{pretrained}: cannot load a MusicGen model ({err})") from None
+    return describe(model, tokenizer)
+
+
+def describe(model: Any, tokenizer: Any) -> LoadedMusicGen:
+    """Wrap a model and tokenizer with the facts training needs (rates, codebooks, special token)."""
+    audio_cfg = model.config.audio_encoder
+    dec_cfg = model.config.decoder
+    hop = int(torch.tensor(audio_cfg.upsampling_ratios).prod())
+    sample_rate = int(audio_cfg.sampling_rate)
+    if sample_rate % hop:
+        raise ModelLoadError(f"codec hop {hop} does not divide the sample rate {sample_rate}")
+    return LoadedMusicGen(
+        model=model,
+        tokenizer=tokenizer,
+        sample_rate=sample_rate,
+        frame_rate=sample_rate // hop,
+        num_codebooks=int(dec_cfg.num_codebooks),
+        audio_channels=int(getattr(dec_cfg, "audio_channels", 1)),
+        pad_token_id=int(dec_cfg.pad_token_id),
+    )
+
+
+def real_decoder_config(name: str) -> dict[str, int]:
+    """Decoder sizes of the released architectures (for throughput/memory work at random init)."""
+    sizes = {
+        "small": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+        "medium": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24},
+        "large": {"hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32},
+    }
+    if name not in sizes:
+        raise ValueError(f"unknown architecture '{name}' (choose from {', '.join(sizes)})")
+    out = dict(sizes[name])
+    out["ffn_dim"] = 4 * out["hidden_size"]
+    return out

@@ -1,0 +1,288 @@
+"""The LightningModule: MusicGen (transformers) + LoRA (peft), masked per-codebook loss, CFG dropout."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from musiclit.model.delay import build_delay_pattern, codebook_delays, masked_codebook_loss
+from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune
+from musiclit.model.musicgen import load_musicgen
+from musiclit.optim import WarmupCosine
+
+FrozenDtype = Literal["auto", "float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class MusicGenModule(L.LightningModule):
+    """Fine-tunes MusicGen's decoder (LoRA or full) on codec tokens of audio clips with text captions.
+
+    Args:
+        pretrained: Hub id (``facebook/musicgen-small|medium|large``), a local model folder, or a
+            MusicGen config ``.json`` (built at random init from ``init_seed``; tiny test/demo models).
+        init_seed: Seed of the random init when ``pretrained`` is a config file.
+        lora: LoRA settings; ``null`` fine-tunes the whole decoder (and the text projection).
+        cfg_dropout: Probability of dropping each example's text (classifier-free guidance training).
+        gradient_checkpointing: Recompute decoder activations in the backward pass (less memory, slower).
+        checkpoint_every_n_layers: With checkpointing, checkpoint only every n-th decoder layer.
+        frozen_dtype: Dtype of the frozen text encoder and frozen decoder weights. "auto": bfloat16 under
+            ``bf16-mixed`` precision (saves the per-step weight casts and half the memory), else float32.
+            The codec always stays float32.
+        seed: Seed of the per-step randomness (CFG dropout, LoRA dropout); keyed by the batch index so
+            that a resumed run draws exactly what an uninterrupted run draws.
+        text_cache_size: Captions whose text-encoder output is kept (0 disables the cache).
+        optimizer: Optimiser factory (the configs use AdamW).
+        scheduler: Learning-rate schedule factory (default: linear warm-up + cosine).
+    """
+
+    def __init__(
+        self,
+        pretrained: str = "facebook/musicgen-small",
+        init_seed: int = 0,
+        lora: LoraSettings | None = LoraSettings(),  # noqa: B008 - a dataclass default jsonargparse can show
+        cfg_dropout: float = 0.3,
+        gradient_checkpointing: bool = False,
+        checkpoint_every_n_layers: int = 1,
+        frozen_dtype: FrozenDtype = "auto",
+        seed: int = 0,
+        text_cache_size: int = 4096,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosine,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= cfg_dropout <= 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1], got {cfg_dropout}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.cfg_dropout = cfg_dropout
+        self.seed = seed
+        self.frozen_dtype = frozen_dtype
+        self.text_cache_size = text_cache_size
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`
+        self.strict_loading = False
+
+        loaded = load_musicgen(pretrained, init_seed=init_seed)
+        self.tokenizer = loaded.tokenizer
+        self.sample_rate = loaded.sample_rate
+        self.frame_rate = loaded.frame_rate
+        self.audio_channels = loaded.audio_channels
+        self.num_codebooks = loaded.num_codebooks
+        self.special_token = loaded.pad_token_id
+        self.delays = codebook_delays(self.num_codebooks, self.audio_channels)
+
+        model = loaded.model
+        model.config.use_cache = False
+        model.decoder.config.use_cache = False
+        if lora is None:
+            freeze_for_full_finetune(model)
+            self.model = model
+        else:
+            self.model = apply_lora(model, lora)
+        self.base.text_encoder.eval()
+        self.base.audio_encoder.eval()
+        if gradient_checkpointing:
+            self.base.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if checkpoint_every_n_layers > 1:
+                self._checkpoint_every(checkpoint_every_n_layers)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def base(self) -> Any:
+        """The underlying ``MusicgenForConditionalGeneration`` (adapters injected when LoRA is on)."""
+        return base_model(self.model)
+
+    def _checkpoint_every(self, n: int) -> None:
+        layers = self.base.decoder.model.decoder.layers
+        for i, layer in enumerate(layers):
+            if i % n:
+                layer.gradient_checkpointing = False
+
+    def trainable_keys(self) -> set[str]:
+        """State-dict keys of the trainable parameters (what a checkpoint holds)."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def train(self, mode: bool = True) -> MusicGenModule:
+        """Frozen encoders always stay in eval mode (no dropout in T5, no updates in the codec)."""
+        super().train(mode)
+        self.base.text_encoder.eval()
+        self.base.audio_encoder.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        """Cast frozen weights to the compute dtype when the precision allows it."""
+        dtype = self._resolve_frozen_dtype()
+        if dtype == torch.float32:
+            return
+        self.base.text_encoder.to(dtype)
+        for p in self.base.decoder.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
+        self._text_cache.clear()
+
+    def _resolve_frozen_dtype(self) -> torch.dtype:
+        if self.frozen_dtype != "auto":
+            return _DTYPES[self.frozen_dtype]
+        precision = str(getattr(self.trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
+        return torch.bfloat16 if precision.startswith("bf16") else torch.float32
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text-encoder states (B, Lt, D) and mask (B, Lt) for the captions (each encoded on its own, cached).
+
+        Encoding captions one at a time makes the result independent of the batch it came in, so cached
+        and fresh states are bit-identical.
+        """
+        states = [self._encode_one(c) for c in captions]
+        length = max(s.shape[0] for s in states)
+        out = states[0].new_zeros((len(states), length, states[0].shape[-1]))
+        mask = torch.zeros((len(states), length), dtype=torch.long, device=out.device)
+        for i, s in enumerate(states):
+            out[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = 1
+        return out, mask
+
+    def _encode_one(self, caption: str) -> torch.Tensor:
+        cached = self._text_cache.get(caption)
+        if cached is not None:
+            self._text_cache.move_to_end(caption)
+            return cached
+        encoder = self.base.text_encoder
+        tokens = self.tokenizer([caption], return_tensors="pt", truncation=True).to(self.device)
+        state = encoder(**tokens).last_hidden_state[0]
+        if self.text_cache_size > 0:
+            self._text_cache[caption] = state
+            while len(self._text_cache) > self.text_cache_size:
+                self._text_cache.popitem(last=False)
+        return state
+
+    @torch.no_grad()
+    def encode_audio(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codec codes (B, K, T) and frame mask (B, T) of audio (B, C, S) with sample mask (B, S).
+
+        Stereo models encode left and right separately and interleave their codebooks.
+        """
+        codec = self.base.audio_encoder
+        codec_dtype = next(codec.parameters()).dtype
+        bandwidth = codec.config.target_bandwidths[0] if codec.config.target_bandwidths else None
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return codec.encode(x.to(codec_dtype), bandwidth=bandwidth).audio_codes[0]
+
+        if self.audio_channels == 2:
+            left, right = encode(audio[:, :1]), encode(audio[:, 1:2])
+            codes = torch.stack([left, right], dim=2).flatten(1, 2)
+        else:
+            codes = encode(audio[:, :1] if audio.shape[1] == 1 else audio.mean(1, keepdim=True))
+        hop = self.sample_rate // self.frame_rate
+        frame_mask = audio_mask[:, ::hop][:, : codes.shape[-1]]
+        return codes, frame_mask
+
+    # ------------------------------------------------------------------ forward / loss
+    def forward(
+        self, codes: torch.Tensor, frame_mask: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of a batch.
+
+        Args:
+            codes: (B, K, T) codec codes.
+            frame_mask: (B, T) True on real frames.
+            text: (B, Lt, D) text-encoder states.
+            text_mask: (B, Lt) 1 on real tokens; an all-zero row is the unconditional (dropped) text.
+
+        Returns:
+            ``(loss, per_codebook)``: mean over codebooks of the masked CE, and the (K,) codebook CEs.
+        """
+        model = self.base
+        inputs, labels, mask = build_delay_pattern(codes, self.special_token, self.delays, frame_mask)
+        bsz, num_cb, length = inputs.shape
+        enc = text
+        if (
+            model.text_encoder.config.hidden_size != model.decoder.config.hidden_size
+            and model.decoder.config.cross_attention_hidden_size is None
+        ):
+            enc = model.enc_to_dec_proj(text.to(model.enc_to_dec_proj.weight.dtype))
+        enc = enc * text_mask[..., None].to(enc.dtype)  # what generation does for dropped text
+        hidden = model.decoder.model.decoder(
+            input_ids=inputs.reshape(bsz * num_cb, length),
+            encoder_hidden_states=enc,
+            encoder_attention_mask=text_mask,
+            use_cache=False,
+        ).last_hidden_state
+        logits = torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1)  # (B, K, L, V)
+        return masked_codebook_loss(logits, labels, mask)
+
+    def _batch_loss(self, batch: dict[str, Any], cfg_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if "codes" in batch:
+            codes, frame_mask = batch["codes"], batch["frame_mask"]
+        else:
+            codes, frame_mask = self.encode_audio(batch["audio"], batch["audio_mask"])
+        text, text_mask = self.encode_text(batch["captions"])
+        if cfg_dropout > 0:
+            keep = torch.rand(len(batch["captions"]), device=text_mask.device) >= cfg_dropout
+            text_mask = text_mask * keep[:, None].to(text_mask.dtype)
+        return self(codes, frame_mask, text, text_mask)
+
+    def _step_seed(self, batch_idx: int) -> int:
+        index = self.trainer.fit_loop.epoch_loop.total_batch_idx if self._trainer is not None else batch_idx
+        digest = hashlib.sha256(f"musiclit/{self.seed}/{index}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One micro-batch: encode, drop text per example, masked loss; logs loss and per-codebook CE/ppl."""
+        torch.manual_seed(self._step_seed(batch_idx))
+        loss, per_cb = self._batch_loss(batch, self.cfg_dropout)
+        bsz = len(batch["captions"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        for k, ce in enumerate(per_cb):
+            self.log(f"train/ce_{k}", ce, batch_size=bsz)
+            self.log(f"train/ppl_{k}", torch.exp(ce.detach()), batch_size=bsz)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Full captions, no dropout, deterministic crops."""
+        loss, per_cb = self._batch_loss(batch, 0.0)
+        bsz = len(batch["captions"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
+        for k, ce in enumerate(per_cb):
+            self.log(f"val/ce_{k}", ce, batch_size=bsz, sync_dist=True)
+        return loss
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        """The injected optimiser over trainable parameters, and the schedule stepped every optimiser step."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupCosine) and scheduler.total_steps is None:
+            scheduler.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights: a LoRA checkpoint of a 1.5B model is megabytes."""
+        keep = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["musiclit"] = {"trainable_keys": sorted(keep)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that the checkpoint holds every trainable weight of this module (right base, right LoRA)."""
+        have = set(checkpoint["state_dict"])
+        want = self.trainable_keys()
+        missing, unexpected = sorted(want - have), sorted(have - want)
+        if missing or unexpected:
+            raise RuntimeError(
+                "checkpoint does not match the model configuration: "
+                f"{len(missing)} trainable weights missing (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+                "check `model.pretrained` and `model.lora` against the run that wrote it"
+            )

@@ -1,0 +1,56 @@
+"""Sampling audio from a MusicGen model (used by in-training samples and the demo)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def sample_audio(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    seconds: float,
+    frame_rate: int,
+    guidance_scale: float = 3.0,
+    top_k: int = 250,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Generate ``seconds`` of audio for each prompt with classifier-free guidance.
+
+    Args:
+        model: ``MusicgenForConditionalGeneration`` (adapters may be injected).
+        tokenizer: Its text tokenizer.
+        prompts: One text per sample.
+        seconds: Length of each sample.
+        frame_rate: Codec frames per second.
+        guidance_scale: CFG scale (1 disables guidance).
+        top_k: Sample from the k most likely tokens.
+        temperature: Softmax temperature.
+        seed: Seed of the sampling (same seed, same audio).
+
+    Returns:
+        (B, C, S) float audio at the codec's sample rate.
+    """
+    device = next(model.parameters()).device
+    tokens = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            audio = model.generate(
+                **tokens,
+                do_sample=True,
+                guidance_scale=guidance_scale if guidance_scale != 1.0 else None,
+                top_k=top_k,
+                temperature=temperature,
+                max_new_tokens=max(1, int(round(seconds * frame_rate))),
+                use_cache=True,
+            )
+    finally:
+        model.train(was_training)
+    return audio.float().cpu()
