@@ -14,6 +14,7 @@ signal by construction:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -63,15 +64,19 @@ def _add(out: np.ndarray, start: int, sound: np.ndarray) -> None:
         out[..., start:end] += sound[..., : end - start]
 
 
-def _tone(freq: float, length: int, sr: int, harmonics: int, decay: float, rng: np.random.Generator) -> np.ndarray:
+@lru_cache(maxsize=512)
+def _tone(freq: float, length: int, sr: int, harmonics: int, decay: float) -> np.ndarray:
+    """Decaying harmonic tone (cached: songs repeat their notes)."""
     t = np.arange(length) / sr
     wave = np.zeros(length)
     for h in range(1, harmonics + 1):
         if freq * h >= sr / 2:
             break
-        wave += np.sin(2 * np.pi * freq * h * t + rng.uniform(0, 2 * np.pi)) / h
+        wave += np.sin(2 * np.pi * freq * h * t + 0.7 * h) / h
     attack = np.minimum(1.0, t / 0.01)
-    return wave * attack * np.exp(-t / decay)
+    out = wave * attack * np.exp(-t / decay)
+    out.flags.writeable = False
+    return out
 
 
 def synth_song(spec: SongSpec, sample_rate: int = 44100, channels: int = 2) -> np.ndarray:
@@ -121,15 +126,16 @@ def synth_song(spec: SongSpec, sample_rate: int = 44100, channels: int = 2) -> n
         chord = progression[i % len(progression)]
         pos = int(i * bar * sr)
         for interval in chord:
-            _add(music, pos, 0.12 * _tone(_midi_hz(base + interval), chord_len, sr, 6, bar * 0.8, rng))
+            _add(music, pos, 0.12 * _tone(_midi_hz(base + interval), chord_len, sr, 6, bar * 0.8))
         for b in range(4):
             root = base - 12 + chord[0]
-            _add(music, int((i * 4 + b) * beat * sr), 0.25 * _tone(_midi_hz(root), int(beat * sr), sr, 4, beat * 0.5, rng))
+            bass = _tone(_midi_hz(root), int(beat * sr), sr, 4, beat * 0.5)
+            _add(music, int((i * 4 + b) * beat * sr), 0.25 * bass)
         for e in range(8):
             degree = chord[rng.integers(0, 3)] if e % 2 == 0 else scale[rng.integers(0, 7)]
             note = base + 12 + degree % 12
             start = int((i * 4 + e / 2) * beat * sr)
-            _add(music, start, 0.08 * _tone(_midi_hz(note), int(beat * sr / 2), sr, 3, beat * 0.3, rng))
+            _add(music, start, 0.08 * _tone(_midi_hz(note), int(beat * sr / 2), sr, 3, beat * 0.3))
     voice = _voice(spec, sr, rng, n) if spec.vocals else np.zeros(n)
     mix_l = 0.55 * drums + 0.6 * music + voice
     mix_r = 0.55 * drums + 0.5 * music + voice
@@ -193,3 +199,65 @@ def accuracy_specs(duration: float = 30.0) -> list[SongSpec]:
         tonic = (i // 2 * 7) % 12
         specs.append(SongSpec(bpm=float(bpm), tonic=tonic, scale=scale, duration=duration, seed=100 + i))
     return specs
+
+
+def make_messy_folder(root: str | Path, long_seconds: float = 150.0) -> dict[str, str | None]:
+    """A messy collection: good songs, broken files, a silent file, duplicates, bad-quality files.
+
+    Returns:
+        Map of relative path -> expected skip reason (None for songs that must be used).
+    """
+    import soundfile as sf
+
+    root = Path(root)
+    expect: dict[str, str | None] = {}
+    a = synth_song(SongSpec(100, 9, "minor", 40, seed=1), 44100, 2)
+    with sf.SoundFile(str(root / "good_a.wav"), "w", 44100, 2, format="WAV", subtype="PCM_16") as fh:
+        fh.title, fh.artist, fh.genre = "Night Drive", "The Synths", "Synthwave"
+        fh.write(a.T)
+    (root / "good_a.txt").write_text("dreamy synthwave with a pulsing bass\n", encoding="utf-8")
+    expect["good_a.wav"] = None
+    b = synth_song(SongSpec(128, 2, "major", 35, seed=2), 48000, 1)
+    write(root / "albums" / "b" / "mono48k.flac", b, 48000, "FLAC")
+    expect["albums/b/mono48k.flac"] = None
+    c = synth_song(SongSpec(60, 4, "minor", long_seconds, seed=3), 44100, 2)
+    write_mp3(root / "albums" / "long.mp3", c, 44100, 0.0)
+    expect["albums/long.mp3"] = None
+    v = synth_song(SongSpec(90, 7, "major", 32, seed=4, vocals=True), 44100, 2)
+    write(root / "vocal_song.ogg", v, 44100, "OGG")
+    expect["vocal_song.ogg"] = None
+    # duplicates: the same bytes twice, and good_a re-encoded as MP3 with a gain change
+    (root / "albums" / "copy").mkdir(parents=True, exist_ok=True)
+    (root / "albums" / "copy" / "good_a_again.wav").write_bytes((root / "good_a.wav").read_bytes())
+    expect["albums/copy/good_a_again.wav"] = "duplicate"
+    write_mp3(root / "albums" / "copy" / "good_a_reencoded.mp3", a * 0.9, 44100, 0.0)
+    expect["albums/copy/good_a_reencoded.mp3"] = "near_duplicate"
+    # broken and unsupported files
+    (root / "corrupt.mp3").write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40)
+    expect["corrupt.mp3"] = "undecodable"
+    (root / "empty.wav").write_bytes(b"")
+    expect["empty.wav"] = "empty"
+    (root / "phone.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 100)
+    expect["phone.m4a"] = "unsupported"
+    wav_bytes = (root / "good_a.wav").read_bytes()
+    (root / "truncated.wav").write_bytes(wav_bytes[:30])
+    expect["truncated.wav"] = "undecodable"
+    # quality problems
+    rng = np.random.default_rng(5)
+    write(root / "silent.wav", (rng.standard_normal((2, 44100 * 30)) * 1e-5).astype(np.float32), 44100, "WAV")
+    expect["silent.wav"] = "silent"
+    d = synth_song(SongSpec(140, 5, "major", 30, seed=6), 44100, 2)
+    write(root / "clipped.wav", np.clip(d * 4, -1, 1), 44100, "WAV", subtype="PCM_16")
+    expect["clipped.wav"] = "clipping"
+    e = synth_song(SongSpec(110, 0, "minor", 30, seed=7), 44100, 2)
+    write_mp3(root / "lowbitrate.mp3", e, 44100, 0.62)
+    expect["lowbitrate.mp3"] = "low_bandwidth"
+    f = synth_song(SongSpec(95, 3, "major", 30, seed=8), 16000, 1)
+    import soxr
+
+    write(root / "upsampled.wav", soxr.resample(f[0], 16000, 44100)[None], 44100, "WAV")
+    expect["upsampled.wav"] = "low_bandwidth"
+    g = synth_song(SongSpec(120, 1, "major", 4, seed=9), 44100, 2)
+    write(root / "tiny.wav", g, 44100, "WAV")
+    expect["tiny.wav"] = "too_short"
+    return expect

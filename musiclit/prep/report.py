@@ -1,0 +1,104 @@
+"""Step 8: the run's summary, as JSON (``report.json``) and readable text (``report.txt``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+TEMPO_BIN = 10
+
+
+def build_report(
+    config: Any,
+    songs: list,
+    unique: list,
+    kept: list,
+    states: dict,
+    skips: list,
+    warnings: list[str],
+    entries: list,
+    stats: dict,
+    timings: list[dict],
+    elapsed: float,
+    captions: list[dict],
+) -> dict:
+    """Assemble the report dict (all arguments come from :func:`musiclit.prep.pipeline.run_prepare`)."""
+    labels = [states[s.sha]["analysis"].get("labels", {}) for s in kept]
+    durations_in = [
+        states[s.sha]["analysis"]["measurements"]["duration"] for s in unique if states[s.sha].get("analysis")
+    ]
+    tempo_hist = Counter(f"{int(lab['bpm'] // TEMPO_BIN * TEMPO_BIN)}-{int(lab['bpm'] // TEMPO_BIN * TEMPO_BIN + TEMPO_BIN - 1)}"
+                         for lab in labels if lab.get("bpm"))
+    keys = Counter(lab["key"] for lab in labels if lab.get("key"))
+    genres = Counter(g for lab in labels for g in (lab.get("genres") or ([lab["tag_genre"]] if lab.get("tag_genre") else [])))
+    moods = Counter(m for lab in labels for m in lab.get("moods") or [])
+    confidences = [lab["bpm_confidence"] for lab in labels if lab.get("bpm_confidence") is not None]
+    loud = [lab["loudness"] for lab in labels if lab.get("loudness") is not None]
+    seconds_out = sum(e.duration for e in entries)
+    audio_in = sum(durations_in)
+    return {
+        "songs_found": len(songs) + sum(1 for s in skips if s.reason in ("unsupported", "empty", "unreadable")),
+        "songs_in": len(unique),
+        "songs_used": len(kept),
+        "clips_out": len(entries),
+        "hours_in": round(audio_in / 3600, 4),
+        "hours_out": round(seconds_out / 3600, 4),
+        "splits": dict(Counter(e.split for e in entries)),
+        "skipped": [asdict(s) for s in sorted(skips, key=lambda s: s.path)],
+        "skipped_by_reason": dict(Counter(s.reason for s in skips)),
+        "labels": {
+            "tempo_histogram": dict(sorted(tempo_hist.items(), key=lambda kv: int(kv[0].split("-")[0]))),
+            "bpm_confidence_mean": round(sum(confidences) / len(confidences), 3) if confidences else None,
+            "tempo_octave_corrections": dict(Counter(lab.get("bpm_octave") for lab in labels if lab.get("bpm_octave"))),
+            "keys": dict(keys.most_common()),
+            "genres": dict(genres.most_common()),
+            "moods": dict(moods.most_common()),
+            "loudness_lufs": {"min": min(loud), "max": max(loud), "mean": round(sum(loud) / len(loud), 1)} if loud else None,
+        },
+        "captions": captions,
+        "resume": stats,
+        "warnings": warnings,
+        "timing": {
+            "elapsed_s": round(elapsed, 2),
+            "audio_analysed_s": round(sum(durations_in), 1),
+            "x_realtime": round(audio_in / elapsed, 1) if elapsed > 0 and stats.get("analysed") else None,
+            "worker_seconds": {k: round(sum(t.get(k, 0.0) for t in timings), 2)
+                               for k in ("decode", "fingerprint", "labels", "chunk", "total")},
+        },
+        "settings": config.to_dict(),
+    }
+
+
+def format_report(report: dict) -> str:
+    """Readable text version of a report."""
+    lines = [
+        "musiclit prepare report",
+        "=======================",
+        f"songs found: {report['songs_found']}   distinct songs: {report['songs_in']}   used: {report['songs_used']}",
+        f"clips out: {report['clips_out']}   hours in: {report['hours_in']:.3f}   hours out: {report['hours_out']:.3f}",
+        f"splits: {', '.join(f'{k}={v}' for k, v in report['splits'].items()) or '-'}",
+        f"time: {report['timing']['elapsed_s']:.1f} s"
+        + (f" ({report['timing']['x_realtime']}x realtime)" if report["timing"]["x_realtime"] else ""),
+        f"resume: {report['resume']}",
+        "",
+        f"skipped ({len(report['skipped'])}):",
+    ]
+    for s in report["skipped"]:
+        measured = "" if s["value"] is None else f" [measured {s['value']}, threshold {s['threshold']}]"
+        lines.append(f"  {s['path']}: {s['reason']}: {s['message']}{measured}")
+    lab = report["labels"]
+    lines += ["", "tempo histogram (BPM):"]
+    lines += [f"  {k:>9}: {'#' * v} {v}" for k, v in lab["tempo_histogram"].items()] or ["  -"]
+    lines.append(f"tempo confidence (mean): {lab['bpm_confidence_mean']}   octave: {lab['tempo_octave_corrections']}")
+    lines.append("keys: " + (", ".join(f"{k} ({v})" for k, v in lab["keys"].items()) or "-"))
+    lines.append("genres: " + (", ".join(f"{k} ({v})" for k, v in lab["genres"].items()) or "-"))
+    if lab["moods"]:
+        lines.append("moods: " + ", ".join(f"{k} ({v})" for k, v in lab["moods"].items()))
+    if lab["loudness_lufs"]:
+        lines.append(f"loudness (LUFS): {lab['loudness_lufs']}")
+    lines += ["", "captions:"]
+    lines += [f"  {c['song']}: \"{c['description']}\" ({c['source']})" for c in report["captions"]] or ["  -"]
+    if report["warnings"]:
+        lines += ["", "warnings:"] + [f"  {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
