@@ -1,0 +1,372 @@
+"""``python -m musiclit export`` and ``python -m musiclit import``: a fine-tune outside musiclit.
+
+Export formats (from a musiclit checkpoint ``.ckpt`` or a peft adapter folder, plus its base model):
+
+* ``peft``: ``adapter_config.json`` + ``adapter_model.safetensors``, for
+  ``PeftModel.from_pretrained(MusicgenForConditionalGeneration.from_pretrained(base), folder)``.
+* ``merged``: a transformers model folder with the adapter merged into the weights (safetensors) and the
+  processor/tokenizer saved: ``MusicgenForConditionalGeneration.from_pretrained(folder)`` and
+  ``pipeline("text-to-audio", model=folder)`` load it with neither peft nor musiclit installed.
+* ``audiocraft``: ``state_dict.bin`` + ``compression_state_dict.bin`` that audiocraft's
+  ``MusicGen.get_pretrained(folder)`` loads (``torch.save`` files: that format requires pickles).
+
+``import`` turns an audiocraft-format fine-tune back into a transformers model folder, taking the text
+encoder and the codec from a base model.
+
+Every export is written into a temporary sibling folder and renamed into place when complete, so a crash
+never leaves a half-written export that looks complete; an existing folder is replaced only with --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from musiclit.generate import GenerateError
+
+FORMATS = ("peft", "merged", "audiocraft")
+MARKER = "musiclit_export.json"
+
+
+class ExportError(GenerateError):
+    """An export/import a user can fix; the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``out`` only when the block succeeds.
+
+    Raises:
+        ExportError: ``out`` exists and ``force`` is False.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out}: already exists (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
+    try:
+        yield tmp
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _marker(folder: Path, **info: Any) -> None:
+    from musiclit import __version__
+    from musiclit.data.caption import write_json_atomic
+
+    write_json_atomic(folder / MARKER, {"musiclit_version": __version__, **info})
+
+
+def _merged_model(ft: Any) -> Any:
+    """The plain transformers model with LoRA merged in (full/plain models as they are)."""
+    if ft.kind == "lora":
+        return ft.model.merge_and_unload(safe_merge=True)
+    return ft.model
+
+
+def export_peft(ft: Any, out: str | Path, force: bool = False) -> Path:
+    """Write ``ft``'s LoRA adapter in peft's layout (safetensors)."""
+    if ft.kind != "lora":
+        raise ExportError(
+            f"{ft.adapter_source or ft.base_source}: a {'full fine-tune' if ft.kind == 'full' else 'model'} "
+            "has no LoRA adapter to export; use --format merged or audiocraft"
+        )
+    config = ft.model.peft_config["default"]
+    config.base_model_name_or_path = ft.base_source
+    config.inference_mode = True
+    with atomic_folder(out, force) as tmp:
+        ft.model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "README.md").unlink(missing_ok=True)
+        _marker(tmp, format="peft", source=ft.adapter_source, base=ft.base_source, init_seed=ft.init_seed)
+    return Path(out)
+
+
+def export_merged(ft: Any, out: str | Path, force: bool = False) -> Path:
+    """Write a transformers model folder with the fine-tune merged in, plus processor and tokenizer."""
+    from musiclit.model.musicgen import save_model_folder
+
+    model = _merged_model(ft).float()
+    with atomic_folder(out, force) as tmp:
+        save_model_folder(model, ft.loaded.tokenizer, tmp)
+        _marker(tmp, format="merged", source=ft.adapter_source, base=ft.base_source, init_seed=ft.init_seed)
+    return Path(out)
+
+
+def _text_encoder_name(config: Any) -> str:
+    name = getattr(config.text_encoder, "_name_or_path", "") or ""
+    if name and not Path(name).exists():
+        return name
+    return "t5-base"
+
+
+def export_audiocraft(ft: Any, out: str | Path, force: bool = False, segment_duration: float = 30.0) -> Path:
+    """Write ``state_dict.bin`` + ``compression_state_dict.bin`` in audiocraft's MusicGen layout."""
+    import torch
+
+    from musiclit import __version__
+    from musiclit.model.audiocraft import to_audiocraft, xp_config
+
+    model = _merged_model(ft).float()
+    config = model.config
+    if int(config.audio_encoder.sampling_rate) != 32000 or int(config.decoder.vocab_size) != 2048:
+        raise ExportError(
+            f"{ft.base_source}: audiocraft MusicGen uses the 32 kHz EnCodec with 2048-entry codebooks; this model's "
+            f"codec is {config.audio_encoder.sampling_rate} Hz / {config.decoder.vocab_size} entries"
+        )
+    best_state = to_audiocraft(model.state_dict(), int(config.decoder.hidden_size))
+    best_state = {k: v.detach().cpu().contiguous().clone() for k, v in best_state.items()}
+    pkg = {
+        "best_state": best_state,
+        "xp.cfg": xp_config(config, _text_encoder_name(config), segment_duration),
+        "version": f"musiclit-{__version__}",
+        "exported": True,
+    }
+    codec = {"pretrained": "facebook/encodec_32khz", "exported": True, "version": f"musiclit-{__version__}"}
+    with atomic_folder(out, force) as tmp:
+        torch.save(pkg, tmp / "state_dict.bin")
+        torch.save(codec, tmp / "compression_state_dict.bin")
+        _marker(tmp, format="audiocraft", source=ft.adapter_source, base=ft.base_source, init_seed=ft.init_seed)
+    return Path(out)
+
+
+def read_audiocraft(folder: str | Path, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(best_state, xp_cfg)`` of an audiocraft-format folder (``state_dict.bin``)."""
+    import pickle
+
+    import torch
+
+    path = Path(folder) / "state_dict.bin"
+    if not path.is_file():
+        raise ExportError(f"{folder}: no state_dict.bin (not an audiocraft MusicGen folder)")
+    try:
+        pkg = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise ExportError(
+            f"{path}: holds objects other than tensors and plain values ({str(err).splitlines()[0]}); if you trust "
+            "the file, pass --trust-pickle"
+        ) from None
+    except Exception as err:
+        raise ExportError(f"{path}: cannot read it ({type(err).__name__}: {err})") from None
+    if not isinstance(pkg, dict) or "best_state" not in pkg or "xp.cfg" not in pkg:
+        raise ExportError(f"{path}: no 'best_state' / 'xp.cfg' (not an exported audiocraft LM)")
+    cfg = pkg["xp.cfg"]
+    if isinstance(cfg, str):
+        import yaml
+
+        cfg = yaml.safe_load(cfg)
+    elif not isinstance(cfg, dict):
+        try:  # an omegaconf DictConfig (only with --trust-pickle)
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:
+            raise ExportError(f"{path}: xp.cfg is a {type(cfg).__name__}; install omegaconf to read it") from None
+    best = pkg["best_state"]
+    if isinstance(best, dict) and "model" in best and isinstance(best["model"], dict):
+        best = best["model"]  # an unexported training checkpoint
+    return best, cfg
+
+
+def import_audiocraft(
+    folder: str | Path, base: str, out: str | Path, force: bool = False, trust_pickle: bool = False, init_seed: int = 0
+) -> Path:
+    """Build a transformers MusicGen folder from an audiocraft-format LM plus a base's text encoder and codec."""
+    import torch
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+
+    from musiclit.model.audiocraft import AudiocraftFormatError, decoder_sizes, from_audiocraft
+    from musiclit.model.musicgen import ModelLoadError, describe, load_musicgen, save_model_folder
+
+    folder = Path(folder)
+    best, cfg = read_audiocraft(folder, trust_pickle)
+    try:
+        sizes = decoder_sizes(cfg)
+    except AudiocraftFormatError as err:
+        raise ExportError(f"{folder / 'state_dict.bin'}: {err}") from None
+    try:
+        loaded = load_musicgen(base, init_seed=init_seed)
+    except ModelLoadError as err:
+        raise ExportError(f"{base}: cannot load the base model for its text encoder and codec: {err}") from None
+    base_model = loaded.model
+    config_dict = base_model.config.to_dict()
+    config_dict["decoder"].update(sizes)
+    channels = int(cfg.get("channels", 1) or 1)
+    config_dict["decoder"]["audio_channels"] = channels
+    config = MusicgenConfig.from_dict(config_dict)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MusicgenForConditionalGeneration(config)
+    try:
+        mapped = from_audiocraft(best, sizes["hidden_size"])
+    except AudiocraftFormatError as err:
+        raise ExportError(f"{folder / 'state_dict.bin'}: {err}") from None
+    target = model.state_dict()
+    proj_w = mapped.get("enc_to_dec_proj.weight")
+    if proj_w is not None and "enc_to_dec_proj.weight" not in target:
+        eye = torch.eye(sizes["hidden_size"], dtype=proj_w.dtype)
+        bias = mapped.get("enc_to_dec_proj.bias")
+        if proj_w.shape != eye.shape or not torch.equal(proj_w, eye) or (bias is not None and bias.abs().max() > 0):
+            raise ExportError(
+                f"{folder}: its text projection is not the identity but the base '{base}' has no projection "
+                "(its text encoder width equals the decoder width); use the base model it was trained from"
+            )
+        mapped.pop("enc_to_dec_proj.weight")
+        mapped.pop("enc_to_dec_proj.bias", None)
+    for key, value in mapped.items():
+        if key not in target:
+            raise ExportError(f"{folder}: weight {key} has no place in the imported model")
+        if tuple(target[key].shape) != tuple(value.shape):
+            raise ExportError(
+                f"{folder}: weight {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)} "
+                f"(does the base '{base}' text encoder match the one it was trained with?)"
+            )
+    want = {k for k in target if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    missing = sorted(want - set(mapped))
+    if missing:
+        raise ExportError(f"{folder}: {len(missing)} decoder weights are missing (e.g. {missing[0]})")
+    state = {k: v for k, v in base_model.state_dict().items() if k.startswith(("text_encoder.", "audio_encoder."))}
+    state.update({k: v.float() for k, v in mapped.items()})
+    model.load_state_dict(state, strict=False)
+    model.generation_config = base_model.generation_config
+    describe(model, loaded.tokenizer)  # rates and codebooks are consistent
+    with atomic_folder(out, force) as tmp:
+        save_model_folder(model, loaded.tokenizer, tmp)
+        _marker(tmp, format="transformers", imported_from=str(folder.resolve()), base=base)
+    return Path(out)
+
+
+def export(
+    source: str,
+    fmt: str,
+    out: str | Path,
+    model: str | None = None,
+    force: bool = False,
+    init_seed: int | None = None,
+    segment_duration: float = 30.0,
+) -> Path:
+    """Export a checkpoint/adapter (or a model folder, for merged/audiocraft) to ``fmt``; see the module doc."""
+    from musiclit.generate import load_finetune
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    out = Path(out)
+    if out.exists() and not force:  # fail before loading anything
+        raise ExportError(f"{out}: already exists (use --force to replace it)")
+    path = Path(source).expanduser()
+    is_model_folder = path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").exists()
+    if is_model_folder:
+        ft = load_finetune(model=str(path), adapter=None, init_seed=init_seed)
+    else:
+        if not path.exists():
+            raise ExportError(f"{path}: no such checkpoint file or adapter folder")
+        ft = load_finetune(model=model, adapter=str(path), init_seed=init_seed)
+    if fmt == "peft":
+        return export_peft(ft, out, force)
+    if fmt == "merged":
+        return export_merged(ft, out, force)
+    return export_audiocraft(ft, out, force, segment_duration)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    """The ``export`` command's parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m musiclit export",
+        description=(
+            "Export a fine-tune (musiclit checkpoint .ckpt or peft adapter folder) to a peft adapter folder, a merged "
+            "transformers model folder, or audiocraft's format (state_dict.bin + compression_state_dict.bin). "
+            "Writes are atomic; an existing output folder is replaced only with --force."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", help="checkpoint (.ckpt), peft adapter folder, or (merged/audiocraft) a model folder")
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
+    p.add_argument("--model", help="base model (default: the one the checkpoint/adapter names)")
+    p.add_argument("--init-seed", type=int, default=None, help="random-init seed of a config-file base")
+    p.add_argument(
+        "--segment-duration",
+        type=float,
+        default=30.0,
+        help="audiocraft: dataset.segment_duration, the longest audio it generates in one go",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def build_import_parser() -> argparse.ArgumentParser:
+    """The ``import`` command's parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m musiclit import",
+        description=(
+            "Import an audiocraft-format MusicGen fine-tune (a folder with state_dict.bin) into a transformers model "
+            "folder that musiclit can train or generate from. The text encoder and codec come from --base."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", help="audiocraft folder holding state_dict.bin")
+    p.add_argument(
+        "--base",
+        required=True,
+        help="transformers MusicGen (hub id or folder) giving the text encoder and codec, e.g. facebook/musicgen-small",
+    )
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
+    p.add_argument("--init-seed", type=int, default=0, help="random-init seed of a config-file base")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects in state_dict.bin (only for files you trust)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``argv[0]`` is the verb ("export" or "import"); returns the exit code (2 for a fixable problem)."""
+    verb, rest = (argv[0], argv[1:]) if argv else ("export", [])
+    if verb not in ("export", "import"):
+        verb, rest = "export", list(argv)
+    args = (build_import_parser() if verb == "import" else build_export_parser()).parse_args(rest)
+    from musiclit.cli import quiet_libraries
+
+    quiet_libraries()
+    try:
+        if verb == "import":
+            out = import_audiocraft(args.source, args.base, args.out, args.force, args.trust_pickle, args.init_seed)
+        else:
+            out = export(
+                args.source, args.format, args.out, args.model, args.force, args.init_seed, args.segment_duration
+            )
+    except GenerateError as err:
+        print(f"musiclit {verb}: error: {err}", file=sys.stderr)
+        return 2
+    files = sorted(p.name for p in Path(out).iterdir())
+    print(f"wrote {out}: {', '.join(files)}")
+    if verb == "export" and args.format == "audiocraft":
+        info = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))
+        print(f"  load it with audiocraft: MusicGen.get_pretrained('{out}')  (base: {info.get('base')})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
