@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     vo.add_argument("--demucs-model", default=d.demucs_model,
                     help="Demucs model name or a local weights file (default %(default)s)")
     vo.add_argument("--demucs-overlap", type=float, default=d.demucs_overlap, help="overlap of Demucs segments (default %(default)s)")
-    vo.add_argument("--demucs-shifts", type=int, default=d.demucs_shifts, help="Demucs random shifts, more = better and slower (default %(default)s)")
+    vo.add_argument("--demucs-shifts", type=int, default=d.demucs_shifts, help="Demucs random time shifts averaged, more = better and slower; 0 = deterministic (default %(default)s)")
     vo.add_argument("--demucs-device", default=None, help="torch device for Demucs (default: cuda when available, else cpu)")
     vo.add_argument("--vocals-window", type=float, default=d.vocals_window,
                     help="long songs go through Demucs in windows of this many seconds (default %(default)s)")

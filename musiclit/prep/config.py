@@ -48,7 +48,7 @@ class QualityThresholds:
     max_clipping: float = 0.01
     min_bandwidth: float = 17500.0
     min_bandwidth_ratio: float = 0.85
-    duplicate_distance: float = 0.2
+    duplicate_distance: float = 0.15
     check_duplicates: bool = True
 
 
@@ -73,7 +73,7 @@ class PrepareConfig:
         remove_vocals: Run Demucs and keep the non-vocal stems.
         demucs_model: Demucs model name (e.g. htdemucs) or a local weights file.
         demucs_overlap: Overlap of Demucs' internal segments (0..1).
-        demucs_shifts: Random shifts averaged by Demucs (1 = none).
+        demucs_shifts: Random time shifts averaged by Demucs (0 = none, deterministic).
         demucs_device: "cuda", "cpu" or None (GPU when there is one).
         vocals_window: Long songs go through Demucs in windows of this many seconds.
         labels: Run the Essentia auto-labelling.
@@ -109,7 +109,7 @@ class PrepareConfig:
     remove_vocals: bool = False
     demucs_model: str = "htdemucs"
     demucs_overlap: float = 0.25
-    demucs_shifts: int = 1
+    demucs_shifts: int = 0
     demucs_device: str | None = None
     vocals_window: float = 60.0
     labels: bool = True

@@ -69,7 +69,7 @@ def pick_device(device: str | None) -> str:
 
 
 def separate_no_vocals(
-    model: Any, mix: np.ndarray, device: str = "cpu", overlap: float = 0.25, shifts: int = 1
+    model: Any, mix: np.ndarray, device: str = "cpu", overlap: float = 0.25, shifts: int = 0
 ) -> np.ndarray:
     """Sum of the non-vocal stems of ``mix`` (model channels, model rate) -> same shape, float32."""
     import torch
@@ -95,7 +95,7 @@ def no_vocals_stream(
     device: str = "cpu",
     window: float = 60.0,
     overlap: float = 0.25,
-    shifts: int = 1,
+    shifts: int = 0,
 ):
     """Yield the ``no_vocals`` mix of a file at ``out_rate`` / ``out_channels`` in consecutive blocks.
 
