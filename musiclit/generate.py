@@ -90,10 +90,12 @@ class GenerationParams:
             raise GenerateError(f"--top-p must be in [0, 1], got {self.top_p}")
         if self.temperature < 0:
             raise GenerateError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.context_seconds < self.window_seconds:
+        if self.window_seconds <= 0 or self.context_seconds <= 0:
+            raise GenerateError("--window and --context must be positive")
+        if self.seconds > self.window_seconds and self.context_seconds >= self.window_seconds:
             raise GenerateError(
-                f"--context ({self.context_seconds} s) must be positive and shorter than --window "
-                f"({self.window_seconds} s)"
+                f"--context ({self.context_seconds} s) must be shorter than --window ({self.window_seconds} s) "
+                "to generate more than one window"
             )
 
 
@@ -701,6 +703,10 @@ class Generator:
         while done < total:
             ctx = codes if first else codes[..., -context:]
             new = min(total - done, window - ctx.shape[-1])
+            if new <= 0:
+                raise GenerateError(
+                    f"--context ({params.context_seconds} s) must be shorter than --window ({params.window_seconds} s)"
+                )
             out = self.sample_window(
                 enc, enc_mask, ctx.shape[-1] + new, params, generators, ctx if ctx.shape[-1] else None
             )
@@ -741,7 +747,8 @@ class Generator:
                 self.generate_codes(prompts[i : i + batch_size], params, seeds[i : i + batch_size], prompt_codes)
             )
         codes = torch.cat(all_codes)
-        audio = self.decode(codes)
+        # one sample at a time: the codec's numerics then do not depend on the batch (exact regeneration)
+        audio = torch.cat([self.decode(codes[i : i + 1]) for i in range(codes.shape[0])])
         return GenerationResult(audio, codes.cpu(), self.sample_rate, seeds, pf if params.include_prompt else 0)
 
 
