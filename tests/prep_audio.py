@@ -183,16 +183,45 @@ def write_mp3(path: str | Path, audio: np.ndarray, sample_rate: int, compression
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(
-        str(path), np.asarray(audio).T, sample_rate, format="MP3", subtype="MPEG_LAYER_III",
-        compression_level=compression, bitrate_mode="CONSTANT",
+        str(path),
+        np.asarray(audio).T,
+        sample_rate,
+        format="MP3",
+        subtype="MPEG_LAYER_III",
+        compression_level=compression,
+        bitrate_mode="CONSTANT",
     )
     return path
 
 
 def accuracy_specs(duration: float = 30.0) -> list[SongSpec]:
     """The accuracy set: tempi from 55 to 175 BPM (six below 70) over all 24 major and minor keys."""
-    tempos = (55, 58, 62, 65, 68, 69, 72, 80, 88, 95, 100, 106, 112, 118, 124, 128, 134, 140, 146, 152, 160,
-              166, 170, 175)
+    tempos = (
+        55,
+        58,
+        62,
+        65,
+        68,
+        69,
+        72,
+        80,
+        88,
+        95,
+        100,
+        106,
+        112,
+        118,
+        124,
+        128,
+        134,
+        140,
+        146,
+        152,
+        160,
+        166,
+        170,
+        175,
+    )
     specs = []
     for i, bpm in enumerate(tempos):
         scale = "minor" if i % 2 else "major"

@@ -70,7 +70,8 @@ def test_every_skip_is_explained(messy):
             assert skipped[rel]["message"]
     for s in skipped.values():
         if s["reason"] in ("silent", "clipping", "low_bandwidth", "too_short", "near_duplicate"):
-            assert s["value"] is not None and s["threshold"] is not None, s
+            assert s["value"] is not None, s
+            assert s["threshold"] is not None, s
     assert report["songs_used"] == sum(1 for r in expect.values() if r is None)
 
 
@@ -85,12 +86,16 @@ def test_output_is_a_dataset_fit_reads(messy):
     for e in manifest:
         songs.setdefault(e.song_id, set()).add(e.split)
         info = sf.info(str(out / e.path))
-        assert info.samplerate == 32000 and info.channels == 1
-        assert e.sample_rate == 32000 and e.channels == 1
+        assert info.samplerate == 32000
+        assert info.channels == 1
+        assert e.sample_rate == 32000
+        assert e.channels == 1
         assert abs(info.frames / info.samplerate - e.duration) < 1e-3
         assert 10.0 <= e.duration <= 30.0
         cap = Caption.load(out / Path(e.path).with_suffix(".json"))
-        assert cap.song_id == e.song_id and cap.chunk_index is not None and cap.offset_s is not None
+        assert cap.song_id == e.song_id
+        assert cap.chunk_index is not None
+        assert cap.offset_s is not None
         assert cap.description
     assert all(len(s) == 1 for s in songs.values()), "a song is split across train and valid"
     assert len(songs) == report["songs_used"]
@@ -105,7 +110,8 @@ def test_clip_content_matches_source(messy):
     clips = sorted((out / "clips").glob("mono48k-*/*.wav"))
     assert len(clips) == 1  # 35 s: one 30 s clip, the 5 s tail is dropped
     cap = Caption.load(clips[0].with_suffix(".json"))
-    assert cap.chunk_index == 0 and cap.offset_s == 0.0
+    assert cap.chunk_index == 0
+    assert cap.offset_s == 0.0
     clip, _ = sf.read(str(clips[0]), dtype="float32")
     n = min(clip.size, song.size)
     corr = np.corrcoef(clip[1000 : n - 1000], song[1000 : n - 1000])[0, 1]
@@ -119,12 +125,16 @@ def test_labels_and_captions(messy):
     assert by_song["good_a.wav"]["description"] == "dreamy synthwave with a pulsing bass"
     assert by_song["good_a.wav"]["source"] == "user"
     cap = Caption.load(next((out / "clips").glob("good-a-*/*_0000.json")))
-    assert cap.title == "Night Drive" and cap.artist == "The Synths" and cap.genre == "Synthwave"
-    assert cap.key == "A minor" and abs(cap.bpm - 100) / 100 < 0.04
+    assert cap.title == "Night Drive"
+    assert cap.artist == "The Synths"
+    assert cap.genre == "Synthwave"
+    assert cap.key == "A minor"
+    assert abs(cap.bpm - 100) / 100 < 0.04
     long_cap = Caption.load(next((out / "clips").glob("long-*/*_0000.json")))
     assert abs(long_cap.bpm - 60) / 60 < 0.04, long_cap  # slow song: no double-tempo error
     assert long_cap.key == "E minor"
-    assert "60 bpm" in long_cap.description and "E minor" in long_cap.description
+    assert "60 bpm" in long_cap.description
+    assert "E minor" in long_cap.description
     assert 0 <= long_cap.extra["bpm_confidence"] <= 1
     labels = report["labels"]
     assert sum(labels["keys"].values()) == report["songs_used"]
@@ -140,7 +150,8 @@ def test_rerun_resumes_and_settings_redo_only_what_they_affect(messy, tmp_path):
     base = PrepareConfig(input=src, output=out, workers=1, progress=False)
     clip_mtimes = {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.wav")}
     again = run_prepare(base)
-    assert again["resume"]["analysed"] == 0 and again["resume"]["songs_chunked"] == 0
+    assert again["resume"]["analysed"] == 0
+    assert again["resume"]["songs_chunked"] == 0
     assert again["clips_out"] == first["clips_out"]
     assert {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.wav")} == clip_mtimes
     # a hand-edited description survives re-runs
@@ -151,16 +162,19 @@ def test_rerun_resumes_and_settings_redo_only_what_they_affect(messy, tmp_path):
     # a new template: captions change, no audio is touched and nothing is re-analysed
     tmpl = PrepareConfig(input=src, output=out, workers=1, progress=False, caption_template="[{key} ]tune")
     rep = run_prepare(tmpl)
-    assert rep["resume"]["analysed"] == 0 and rep["resume"]["songs_chunked"] == 0
+    assert rep["resume"]["analysed"] == 0
+    assert rep["resume"]["songs_chunked"] == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.wav")} == clip_mtimes
     assert Caption.load(next((out / "clips").glob("long-*/*_0000.json"))).description == "E minor tune"
     assert Caption.load(edited).description == "my own words"
     # a new segment length: clips are redone from the cached analysis
     seg = PrepareConfig(input=src, output=out, workers=1, progress=False, segment=20.0, min_tail=5.0)
     rep = run_prepare(seg)
-    assert rep["resume"]["analysed"] == 0 and rep["resume"]["songs_chunked"] == rep["songs_used"]
+    assert rep["resume"]["analysed"] == 0
+    assert rep["resume"]["songs_chunked"] == rep["songs_used"]
     durations = [e.duration for e in read_manifest(out / MANIFEST_NAME)]
-    assert max(durations) == pytest.approx(20.0) and min(durations) >= 5.0
+    assert max(durations) == pytest.approx(20.0)
+    assert min(durations) >= 5.0
     assert load_dataset_entries(out)
 
 
@@ -171,7 +185,8 @@ def test_dry_run_writes_nothing(messy, tmp_path, capsys):
     assert not out.exists()
     printed = capsys.readouterr().out
     assert "dreamy synthwave with a pulsing bass" in printed
-    assert rep["clips_out"] == 0 and rep["songs_used"] > 0
+    assert rep["clips_out"] == 0
+    assert rep["songs_used"] > 0
 
 
 def test_nothing_usable_exits_nonzero(tmp_path):

@@ -11,8 +11,8 @@ import soxr
 from prep_audio import SongSpec, accuracy_specs, synth_song, write, write_mp3
 
 from musiclit.prep import chunk, labels, quality
-from musiclit.prep.config import QualityThresholds
 from musiclit.prep.captions import TemplateError, check_template, render_template, song_caption
+from musiclit.prep.config import QualityThresholds
 
 
 def accuracy_rows(specs: list[SongSpec], rate: int = 11025) -> list[dict]:
@@ -22,9 +22,19 @@ def accuracy_rows(specs: list[SongSpec], rate: int = 11025) -> list[dict]:
         x = soxr.resample(synth_song(spec, 44100, 1)[0], 44100, rate).astype(np.float32)
         tempo = labels.estimate_tempo(x, rate)
         key, _ = labels.estimate_key(x, rate)
-        rows.append({"bpm": spec.bpm, "measured_bpm": tempo.bpm, "raw_bpm": tempo.raw_bpm, "octave": tempo.octave,
-                     "confidence": tempo.confidence, "key": spec.key, "measured_key": key,
-                     "bpm_ok": abs(tempo.bpm - spec.bpm) / spec.bpm <= 0.04, "key_ok": key == spec.key})
+        rows.append(
+            {
+                "bpm": spec.bpm,
+                "measured_bpm": tempo.bpm,
+                "raw_bpm": tempo.raw_bpm,
+                "octave": tempo.octave,
+                "confidence": tempo.confidence,
+                "key": spec.key,
+                "measured_key": key,
+                "bpm_ok": abs(tempo.bpm - spec.bpm) / spec.bpm <= 0.04,
+                "key_ok": key == spec.key,
+            }
+        )
     return rows
 
 
@@ -33,13 +43,17 @@ def format_accuracy(rows: list[dict]) -> str:
     lines = [f"{'true bpm':>8} {'raw':>6} {'bpm':>6} {'octave':>7} {'conf':>5}  {'true key':<9} {'key':<9} ok"]
     for r in rows:
         ok = ("T" if r["bpm_ok"] else "-") + ("K" if r["key_ok"] else "-")
-        lines.append(f"{r['bpm']:>8.0f} {r['raw_bpm']:>6.1f} {r['measured_bpm']:>6.1f} {r['octave']:>7} "
-                     f"{r['confidence']:>5.2f}  {r['key']:<9} {r['measured_key']:<9} {ok}")
+        lines.append(
+            f"{r['bpm']:>8.0f} {r['raw_bpm']:>6.1f} {r['measured_bpm']:>6.1f} {r['octave']:>7} "
+            f"{r['confidence']:>5.2f}  {r['key']:<9} {r['measured_key']:<9} {ok}"
+        )
     slow = [r for r in rows if r["bpm"] < 70]
     minor = [r for r in rows if r["key"].endswith("minor")]
-    lines.append(f"tempo within 4%: {sum(r['bpm_ok'] for r in rows)}/{len(rows)} (slow < 70 BPM: "
-                 f"{sum(r['bpm_ok'] for r in slow)}/{len(slow)}); key exact: {sum(r['key_ok'] for r in rows)}/{len(rows)} "
-                 f"(minor: {sum(r['key_ok'] for r in minor)}/{len(minor)})")
+    lines.append(
+        f"tempo within 4%: {sum(r['bpm_ok'] for r in rows)}/{len(rows)} (slow < 70 BPM: "
+        f"{sum(r['bpm_ok'] for r in slow)}/{len(slow)}); key exact: {sum(r['key_ok'] for r in rows)}/{len(rows)} "
+        f"(minor: {sum(r['key_ok'] for r in minor)}/{len(minor)})"
+    )
     return "\n".join(lines)
 
 
@@ -49,7 +63,8 @@ def test_tempo_and_key_accuracy_on_synthesized_songs():
     n = len(rows)
     slow = [r for r in rows if r["bpm"] < 70]
     minor = [r for r in rows if r["key"].endswith("minor")]
-    assert len(slow) >= 5 and len(minor) >= 10
+    assert len(slow) >= 5
+    assert len(minor) >= 10
     assert sum(r["bpm_ok"] for r in rows) >= 0.9 * n
     assert sum(r["bpm_ok"] for r in slow) >= 0.8 * len(slow)
     assert sum(r["key_ok"] for r in rows) >= 0.9 * n
@@ -67,7 +82,8 @@ def test_octave_correction_decisions():
     x = soxr.resample(synth_song(SongSpec(160, 0, "major", 20), 44100, 1)[0], 44100, rate).astype(np.float32)
     env, fps = labels.onset_envelope(x, rate)
     t = labels.correct_octave(env, fps, 80.0, 40, 220)
-    assert t.octave == "doubled" and t.bpm == pytest.approx(160, rel=0.04)
+    assert t.octave == "doubled"
+    assert t.bpm == pytest.approx(160, rel=0.04)
 
 
 def test_bandwidth_and_clipping_measurements(tmp_path):
@@ -82,9 +98,11 @@ def test_bandwidth_and_clipping_measurements(tmp_path):
         assert len(buf) == pytest.approx(12 * 32000, abs=3000)
         buf.close()
         m[name] = meas
-    assert m["wav.wav"].bandwidth > 20000 and m["hi.mp3"].bandwidth > 19000
+    assert m["wav.wav"].bandwidth > 20000
+    assert m["hi.mp3"].bandwidth > 19000
     assert m["lo.mp3"].bandwidth < 17500
-    assert m["wav.wav"].clipped_fraction < 1e-4 and m["clip.wav"].clipped_fraction > 0.01
+    assert m["wav.wav"].clipped_fraction < 1e-4
+    assert m["clip.wav"].clipped_fraction > 0.01
     assert m["wav.wav"].silent_fraction < 0.05
 
 
@@ -115,7 +133,8 @@ def test_fingerprint_catches_reencodes_not_other_songs(tmp_path):
     same = quality.fingerprint_distance(fps["a.wav"], fps["a.mp3"])
     other = quality.fingerprint_distance(fps["a.wav"], fps["b.wav"])
     # b shares a's chords, bass and drum pattern (only melody and noise differ): as close as songs get
-    assert same < 0.1 and other > 0.2, (same, other)
+    assert same < 0.1, (same, other)
+    assert other > 0.2, (same, other)
     assert same < QualityThresholds().duplicate_distance < other
     assert quality.decode_fingerprint(quality.encode_fingerprint(fps["a.wav"])).tolist() == fps["a.wav"].tolist()
 
@@ -174,7 +193,8 @@ def test_descriptions_csv_and_sidecars(tmp_path):
     assert user["a.wav"]["description"] == "from csv, with a comma"
     assert user["sub/b.wav"]["description"] == "by name"
     assert user["c.wav"] == {"description": "from json", "genre": "Jazz"}
-    assert any("missing.wav" in w for w in warnings) and not skips
+    assert any("missing.wav" in w for w in warnings)
+    assert not skips
 
 
 def test_tensorflow_models_absent_is_a_message(tmp_path):
@@ -205,13 +225,16 @@ def test_demucs_no_vocals_is_sum_of_other_stems_and_streams_in_windows(tmp_path)
     wav = torch.from_numpy(song)
     ref = wav.mean(0)
     with torch.no_grad():
-        stems = apply_model(model, ((wav - ref.mean()) / (ref.std() + 1e-8))[None], split=True, overlap=0.25, shifts=0)[0]
+        stems = apply_model(model, ((wav - ref.mean()) / (ref.std() + 1e-8))[None], split=True, overlap=0.25, shifts=0)[
+            0
+        ]
     expect = stems[:3].sum(0) * (ref.std() + 1e-8) + ref.mean()
     assert np.allclose(out, expect.numpy(), atol=1e-4)
     write(tmp_path / "v.wav", song, 44100, "WAV")
     blocks = list(vocals.no_vocals_stream(tmp_path / "v.wav", model, 32000, 1, "cpu", window=1.5))
     total = sum(b.shape[1] for b in blocks)
-    assert len(blocks) >= 3 and abs(total - 4 * 32000) < 200
+    assert len(blocks) >= 3
+    assert abs(total - 4 * 32000) < 200
     assert all(b.shape[0] == 1 and np.isfinite(b).all() for b in blocks)
 
 
@@ -224,10 +247,19 @@ def test_prepare_with_vocal_removal(tmp_path):
     src = tmp_path / "src"
     write(src / "sung.wav", synth_song(SongSpec(90, 7, "major", 12, vocals=True), 44100, 2), 44100, "WAV")
     out = tmp_path / "out"
-    cfg = PrepareConfig(input=src, output=out, workers=1, progress=False, remove_vocals=True, segment=4,
-                        min_tail=1, quality=QualityThresholds(min_duration=5))
+    cfg = PrepareConfig(
+        input=src,
+        output=out,
+        workers=1,
+        progress=False,
+        remove_vocals=True,
+        segment=4,
+        min_tail=1,
+        quality=QualityThresholds(min_duration=5),
+    )
     report = run_prepare(cfg, demucs_model=_tiny_demucs())
-    assert report["clips_out"] == 3 and report["songs_used"] == 1
+    assert report["clips_out"] == 3
+    assert report["songs_used"] == 1
     assert len(load_dataset_entries(out)) == 3
     again = run_prepare(cfg, demucs_model=_tiny_demucs())
     assert again["resume"]["songs_chunked"] == 0
@@ -240,7 +272,19 @@ def test_cli_help_documents_every_option(capsys):
         main(["prepare", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--input", "--output", "--workers", "--segment", "--remove-vocals", "--caption-template",
-                   "--max-silence", "--min-bandwidth", "--dry-run", "--descriptions", "--tf-models", "--seed"):
+    for option in (
+        "--input",
+        "--output",
+        "--workers",
+        "--segment",
+        "--remove-vocals",
+        "--caption-template",
+        "--max-silence",
+        "--min-bandwidth",
+        "--dry-run",
+        "--descriptions",
+        "--tf-models",
+        "--seed",
+    ):
         assert option in text
     assert Path(__file__).name  # keep the import used

@@ -8,7 +8,7 @@ from musiclit.prep.config import PrepareConfig, QualityThresholds
 __all__ = ["PrepareConfig", "QualityThresholds", "run_prepare"]
 
 
-def run_prepare(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+def run_prepare(*args, **kwargs):
     """Run the pipeline; see :func:`musiclit.prep.pipeline.run_prepare`."""
     from musiclit.prep.pipeline import run_prepare as _run
 

@@ -64,15 +64,15 @@ def plan_chunks(
     Returns:
         The clips, in order.
     """
-    seg = int(round(segment * rate))
-    hop = int(round((segment - overlap) * rate))
-    tail_min = int(round(min_tail * rate))
+    seg = round(segment * rate)
+    hop = round((segment - overlap) * rate)
+    tail_min = round(min_tail * rate)
     starts: list[int] = []
     if beat_period and first_beat is not None and beat_period > 0:
         grid = beat_period * rate
         pos = first_beat * rate
         while pos < n_samples:
-            starts.append(int(round(pos)))
+            starts.append(round(pos))
             # next start: the beat nearest to one hop later (at least one beat later)
             pos = first_beat * rate + max(1, round((pos + hop - first_beat * rate) / grid)) * grid
     else:

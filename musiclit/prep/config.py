@@ -115,7 +115,7 @@ class PrepareConfig:
     labels: bool = True
     key_profile: str = "bgate"
     analysis_rate: int = 11025
-    analysis_max_duration: float = 300.0
+    analysis_max_duration: float = 120.0
     min_bpm: float = 40.0
     max_bpm: float = 220.0
     tf_models: Path | None = None
@@ -142,7 +142,10 @@ class PrepareConfig:
             (0 <= self.min_tail <= self.segment, f"--min-tail must be in [0, segment], got {self.min_tail}"),
             (self.short_tail in ("drop", "pad"), f"--short-tail must be drop or pad, got {self.short_tail}"),
             (self.audio_format in ("wav", "flac"), f"--format must be wav or flac, got {self.audio_format}"),
-            (self.subtype in ("PCM_16", "PCM_24", "FLOAT"), f"--subtype must be PCM_16, PCM_24 or FLOAT, got {self.subtype}"),
+            (
+                self.subtype in ("PCM_16", "PCM_24", "FLOAT"),
+                f"--subtype must be PCM_16, PCM_24 or FLOAT, got {self.subtype}",
+            ),
             (not (self.audio_format == "flac" and self.subtype == "FLOAT"), "FLAC cannot store FLOAT samples"),
             (0 <= self.valid_fraction < 1, f"--valid-fraction must be in [0, 1), got {self.valid_fraction}"),
             (0 <= self.demucs_overlap < 1, f"--demucs-overlap must be in [0, 1), got {self.demucs_overlap}"),
@@ -187,8 +190,10 @@ class PrepareConfig:
         }
         if self.remove_vocals:
             out.update(
-                demucs_model=self.demucs_model, demucs_overlap=self.demucs_overlap,
-                demucs_shifts=self.demucs_shifts, vocals_window=self.vocals_window,
+                demucs_model=self.demucs_model,
+                demucs_overlap=self.demucs_overlap,
+                demucs_shifts=self.demucs_shifts,
+                vocals_window=self.vocals_window,
             )
         return out
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from musiclit.data.caption import Caption
 
-ENV_FFT = 1024
+ENV_FFT = 512
 ENV_HOP = 128
 ENV_BANDS = 24
 ALTERNATION_THRESHOLD = 0.4  # weak/strong beat ratio below which the beat is halved
@@ -83,8 +83,11 @@ def onset_envelope(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
     n_fft = max(256, int(ENV_FFT * rate / 11025))
     if x.size < n_fft + hop:
         return np.zeros(0), rate / hop
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft).astype(np.float32)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float32), n_fft)[::hop] * np.hanning(n_fft).astype(
+        np.float32
+    )
+    spec = np.fft.rfft(frames, axis=1)
+    power = spec.real**2 + spec.imag**2
     edges = np.geomspace(40, min(5000, rate / 2 - 1), ENV_BANDS + 1)
     bins = np.unique(np.round(edges * n_fft / rate).astype(int))
     bands = np.add.reduceat(power, bins[:-1], axis=1)[:, : len(bins) - 1]
@@ -96,19 +99,31 @@ def onset_envelope(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
     return np.maximum(0, flux - local), fps
 
 
-def _grid_strength(env: np.ndarray, period: float, phase: float) -> float:
-    """Mean envelope (max within +-1 frame) on the grid ``phase + k * period``."""
-    pos = np.arange(phase, env.size - 1, period)
-    if pos.size == 0:
-        return 0.0
-    idx = np.round(pos).astype(int)
-    lo, hi = np.clip(idx - 1, 0, env.size - 1), np.clip(idx + 1, 0, env.size - 1)
-    return float(np.maximum(np.maximum(env[lo], env[idx]), env[hi]).mean())
+def _peak_hold(env: np.ndarray) -> np.ndarray:
+    """Max over +-1 frame (tolerance for beat positions that fall between frames)."""
+    out = env.copy()
+    out[1:] = np.maximum(out[1:], env[:-1])
+    out[:-1] = np.maximum(out[:-1], env[1:])
+    return out
 
 
-def _best_phase(env: np.ndarray, period: float) -> tuple[float, float]:
+def _grid_strengths(held: np.ndarray, period: float, phases: np.ndarray) -> np.ndarray:
+    """Mean of ``held`` on the grids ``phase + k * period``, for each phase (vectorised)."""
+    k = np.arange(0, max(1, int((held.size - 1 - phases.min()) / period) + 1))
+    pos = phases[:, None] + k[None, :] * period
+    valid = pos < held.size - 1
+    idx = np.clip(np.round(pos).astype(int), 0, held.size - 1)
+    vals = np.where(valid, held[idx], 0.0)
+    return vals.sum(axis=1) / np.maximum(1, valid.sum(axis=1))
+
+
+def _grid_strength(held: np.ndarray, period: float, phase: float) -> float:
+    return float(_grid_strengths(held, period, np.array([phase]))[0])
+
+
+def _best_phase(held: np.ndarray, period: float) -> tuple[float, float]:
     phases = np.arange(0, period, 1.0)
-    strengths = [_grid_strength(env, period, p) for p in phases]
+    strengths = _grid_strengths(held, period, phases)
     i = int(np.argmax(strengths))
     return float(phases[i]), float(strengths[i])
 
@@ -126,11 +141,12 @@ def correct_octave(env: np.ndarray, fps: float, bpm: float, min_bpm: float, max_
     if env.size < 8 or bpm <= 0 or env.max() <= 0:
         return Tempo(bpm, bpm, 0.0, "kept", 0.0, 1.0, 0.0)
     period = 60.0 * fps / bpm
-    phase, on = _best_phase(env, period)
-    even = _grid_strength(env, 2 * period, phase)
-    odd = _grid_strength(env, 2 * period, phase + period)
+    held = _peak_hold(env)
+    phase, on = _best_phase(held, period)
+    even = _grid_strength(held, 2 * period, phase)
+    odd = _grid_strength(held, 2 * period, phase + period)
     alternation = min(even, odd) / max(even, odd, 1e-12)
-    offbeat = _grid_strength(env, period, phase + period / 2) / max(on, 1e-12)
+    offbeat = _grid_strength(held, period, phase + period / 2) / max(on, 1e-12)
     octave, out_bpm, out_period, out_phase = "kept", bpm, period, phase
     if alternation < ALTERNATION_THRESHOLD and bpm / 2 >= min_bpm:
         octave, out_bpm, out_period = "halved", bpm / 2, 2 * period
@@ -145,7 +161,7 @@ def correct_octave(env: np.ndarray, fps: float, bpm: float, min_bpm: float, max_
         margin = max(0.0, min(m_alt, m_off))
     # regularity: normalised autocorrelation at the beat period
     e = env - env.mean()
-    lag = int(round(out_period))
+    lag = round(out_period)
     denom = float((e * e).sum())
     acf = float((e[:-lag] * e[lag:]).sum()) / denom if 0 < lag < e.size and denom > 0 else 0.0
     regularity = max(0.0, min(1.0, acf / max(1e-9, 1 - lag / e.size)))

@@ -9,6 +9,7 @@ audio settings key). A re-run reuses whatever still matches the current settings
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -27,6 +28,7 @@ from musiclit.prep.config import PrepareConfig, QualityThresholds
 from musiclit.prep.scan import HashCache, Skip, SourceSong, scan_input, song_id_for
 
 STATE_DIR = ".musiclit-prepare"
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 LOSSLESS_FORMATS = ("WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF")
 
 
@@ -89,17 +91,26 @@ def process_song(task: SongTask) -> dict:
         if task.analyze:
             analysis = {"measurements": asdict(meas), "labels": {}, "fingerprint": ""}
             t = time.perf_counter()
+            # one resampled excerpt serves the labels and, when it starts at 0, the fingerprint
+            excerpt = quality.mono_excerpt(buf, cfg.sample_rate, cfg.analysis_rate, cfg.analysis_max_duration, "middle")
             if cfg.quality.check_duplicates:
-                head, _ = quality.mono_excerpt(buf, cfg.sample_rate, cfg.analysis_rate, quality.FP_SECONDS, "start")
+                if excerpt[1] == 0.0:
+                    head = excerpt[0][: int(quality.FP_SECONDS * cfg.analysis_rate)]
+                else:
+                    head, _ = quality.mono_excerpt(buf, cfg.sample_rate, cfg.analysis_rate, quality.FP_SECONDS, "start")
                 analysis["fingerprint"] = quality.encode_fingerprint(quality.fingerprint(head, cfg.analysis_rate))
             timing["fingerprint"] = time.perf_counter() - t
             verdict = quality_verdict(analysis, cfg.quality) if cfg.filter else None
             if verdict is None or not cfg.filter:
                 t = time.perf_counter()
-                analysis["labels"] = _label(task, buf, meas.duration, labels, quality)
+                analysis["labels"] = _label(task, buf, excerpt, labels, quality)
                 timing["labels"] = time.perf_counter() - t
         clips = None
-        if task.write_clips and analysis is not None and (not cfg.filter or quality_verdict(analysis, cfg.quality) is None):
+        if (
+            task.write_clips
+            and analysis is not None
+            and (not cfg.filter or quality_verdict(analysis, cfg.quality) is None)
+        ):
             t = time.perf_counter()
             clips = _write_song_clips(buf, Path(task.output), task.song_id, analysis, cfg, chunk)
             timing["chunk"] = time.perf_counter() - t
@@ -109,7 +120,7 @@ def process_song(task: SongTask) -> dict:
     return {"sha": task.sha, "analysis": analysis, "clips": clips, "error": None, "timing": timing}
 
 
-def _label(task: SongTask, buf: Any, duration: float, labels: Any, quality: Any) -> dict:
+def _label(task: SongTask, buf: Any, excerpt: tuple, labels: Any, quality: Any) -> dict:
     cfg = task.config
     out: dict[str, Any] = {}
     if cfg.read_tags:
@@ -119,7 +130,7 @@ def _label(task: SongTask, buf: Any, duration: float, labels: Any, quality: Any)
             out["tag_genre"] = tags["genre"]
     if not cfg.labels:
         return out
-    x, offset = quality.mono_excerpt(buf, cfg.sample_rate, cfg.analysis_rate, cfg.analysis_max_duration, "middle")
+    x, offset = excerpt
     if x.size < 4 * cfg.analysis_rate:
         return out
     tempo = labels.estimate_tempo(x, cfg.analysis_rate, cfg.min_bpm, cfg.max_bpm)
@@ -145,7 +156,9 @@ def _label(task: SongTask, buf: Any, duration: float, labels: Any, quality: Any)
     return out
 
 
-def _write_song_clips(source: Any, output: Path, song_id: str, analysis: dict, cfg: PrepareConfig, chunk: Any) -> list[dict]:
+def _write_song_clips(
+    source: Any, output: Path, song_id: str, analysis: dict, cfg: PrepareConfig, chunk: Any
+) -> list[dict]:
     lab = analysis.get("labels", {})
     plans = chunk.plan_chunks(
         len(source),
@@ -170,19 +183,39 @@ def quality_verdict(analysis: dict, q: QualityThresholds) -> Skip | None:
     from musiclit.prep.quality import effective_bandwidth_threshold
 
     if m["duration"] < q.min_duration:
-        return Skip("", "too_short", f"duration {m['duration']:.1f} s < minimum {q.min_duration:g} s",
-                    round(m["duration"], 2), q.min_duration)
+        return Skip(
+            "",
+            "too_short",
+            f"duration {m['duration']:.1f} s < minimum {q.min_duration:g} s",
+            round(m["duration"], 2),
+            q.min_duration,
+        )
     if m["silent_fraction"] > q.max_silence:
-        return Skip("", "silent", f"{m['silent_fraction']:.0%} of the song is below {q.silence_db:g} dBFS "
-                    f"(maximum {q.max_silence:.0%})", round(m["silent_fraction"], 4), q.max_silence)
+        return Skip(
+            "",
+            "silent",
+            f"{m['silent_fraction']:.0%} of the song is below {q.silence_db:g} dBFS (maximum {q.max_silence:.0%})",
+            round(m["silent_fraction"], 4),
+            q.max_silence,
+        )
     if m["clipped_fraction"] > q.max_clipping:
-        return Skip("", "clipping", f"{m['clipped_fraction']:.2%} of the samples are clipped "
-                    f"(maximum {q.max_clipping:.2%})", round(m["clipped_fraction"], 5), q.max_clipping)
+        return Skip(
+            "",
+            "clipping",
+            f"{m['clipped_fraction']:.2%} of the samples are clipped (maximum {q.max_clipping:.2%})",
+            round(m["clipped_fraction"], 5),
+            q.max_clipping,
+        )
     threshold = effective_bandwidth_threshold(q.min_bandwidth, q.min_bandwidth_ratio, m["native_rate"])
     if m["bandwidth"] < threshold:
-        return Skip("", "low_bandwidth", f"effective bandwidth {m['bandwidth']:.0f} Hz < {threshold:.0f} Hz "
-                    f"(a low-bitrate MP3 or an upsampled file; native rate {m['native_rate']} Hz)",
-                    round(m["bandwidth"], 1), round(threshold, 1))
+        return Skip(
+            "",
+            "low_bandwidth",
+            f"effective bandwidth {m['bandwidth']:.0f} Hz < {threshold:.0f} Hz "
+            f"(a low-bitrate MP3 or an upsampled file; native rate {m['native_rate']} Hz)",
+            round(m["bandwidth"], 1),
+            round(threshold, 1),
+        )
     return None
 
 
@@ -284,7 +317,20 @@ def _run_tasks(
                 on_result(process_song(task))
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn")) as pool:
+        # one thread per worker process: the pool is the parallelism (BLAS/OpenMP threads would oversubscribe)
+        saved = {k: os.environ.get(k) for k in THREAD_VARS}
+        os.environ.update(dict.fromkeys(THREAD_VARS, "1"))
+        try:
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"))
+            for fut in [pool.submit(os.getpid) for _ in range(min(workers, len(tasks)))]:
+                fut.result()  # start the workers while the variables are set
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        with pool:
             pending = set()
             queue = iter(tasks)
             for task in queue:
@@ -372,8 +418,17 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
 
     def task_for(s: SourceSong, analyze: bool, write: bool) -> SongTask:
         st = states[s.sha]
-        return SongTask(str(s.path), s.rel, s.sha, ids[s.sha], analyze, None if analyze else st.get("analysis"),
-                        write, str(out), config)
+        return SongTask(
+            str(s.path),
+            s.rel,
+            s.sha,
+            ids[s.sha],
+            analyze,
+            None if analyze else st.get("analysis"),
+            write,
+            str(out),
+            config,
+        )
 
     def on_result(res: dict) -> None:
         sha = res["sha"]
@@ -398,7 +453,8 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
         if states[s.sha].get("error") and states[s.sha].get("analysis_key") == akey:
             errors[s.sha] = states[s.sha]["error"]  # failed before with these settings and the same bytes
     todo = [
-        s for s in unique
+        s
+        for s in unique
         if s.sha not in errors and (states[s.sha].get("analysis_key") != akey or not states[s.sha].get("analysis"))
     ]
     stats["analysed"], stats["analysis_reused"] = len(todo), len(unique) - len(todo)
@@ -426,9 +482,16 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
         dropped = find_near_duplicates(analysed, analyses, config.quality.duplicate_distance)
         for sha, (best, distance) in dropped.items():
             s = next(x for x in analysed if x.sha == sha)
-            skips.append(Skip(s.rel, "near_duplicate", f"near duplicate of {best.rel} (fingerprint distance "
-                              f"{distance:.3f} <= {config.quality.duplicate_distance:g}; the better copy is kept)",
-                              round(distance, 4), config.quality.duplicate_distance))
+            skips.append(
+                Skip(
+                    s.rel,
+                    "near_duplicate",
+                    f"near duplicate of {best.rel} (fingerprint distance "
+                    f"{distance:.3f} <= {config.quality.duplicate_distance:g}; the better copy is kept)",
+                    round(distance, 4),
+                    config.quality.duplicate_distance,
+                )
+            )
         kept = [s for s in analysed if s.sha not in dropped]
     kept_shas = {s.sha for s in kept}
     # phase 3: clips for kept songs whose clips are missing or were made with other settings
@@ -459,8 +522,20 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
             write_manifest(out / MANIFEST_NAME, entries)
         elif (out / MANIFEST_NAME).exists():
             (out / MANIFEST_NAME).unlink()
-    report = build_report(config, songs, unique, kept, states, skips, warnings, entries, stats, timings,
-                          time.time() - started, captions_preview)
+    report = build_report(
+        config,
+        songs,
+        unique,
+        kept,
+        states,
+        skips,
+        warnings,
+        entries,
+        stats,
+        timings,
+        time.time() - started,
+        captions_preview,
+    )
     if dry:
         say(format_report(report))
     else:
@@ -499,8 +574,16 @@ def _vocal_clips(need, states, ids, out, config, demucs_model, store, say, chunk
     for s in tqdm(need, desc="vocals", unit="song", disable=not config.progress, file=sys.stderr):
         buf = quality.SpillBuffer(config.channels, int(900 * config.sample_rate), out / STATE_DIR / "tmp")
         try:
-            for block in vocals.no_vocals_stream(s.path, model, config.sample_rate, config.channels, device,
-                                                 config.vocals_window, config.demucs_overlap, config.demucs_shifts):
+            for block in vocals.no_vocals_stream(
+                s.path,
+                model,
+                config.sample_rate,
+                config.channels,
+                device,
+                config.vocals_window,
+                config.demucs_overlap,
+                config.demucs_shifts,
+            ):
                 buf.append(block)
             buf.finish()
             st = states[s.sha]
@@ -540,8 +623,13 @@ def _captions_and_entries(kept, states, ids, out, config, store) -> tuple[list[C
                 clip_caption.save(json_path)
             written[clip["path"]] = clip_caption.description
             entries.append(
-                ClipEntry(path=clip["path"], duration=clip["duration"], sample_rate=config.sample_rate,
-                          channels=config.channels, song_id=ids[s.sha])
+                ClipEntry(
+                    path=clip["path"],
+                    duration=clip["duration"],
+                    sample_rate=config.sample_rate,
+                    channels=config.channels,
+                    song_id=ids[s.sha],
+                )
             )
         store.save(s.sha, st)
     return entries, preview

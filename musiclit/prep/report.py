@@ -28,10 +28,15 @@ def build_report(
     durations_in = [
         states[s.sha]["analysis"]["measurements"]["duration"] for s in unique if states[s.sha].get("analysis")
     ]
-    tempo_hist = Counter(f"{int(lab['bpm'] // TEMPO_BIN * TEMPO_BIN)}-{int(lab['bpm'] // TEMPO_BIN * TEMPO_BIN + TEMPO_BIN - 1)}"
-                         for lab in labels if lab.get("bpm"))
+    tempo_hist = Counter(
+        f"{int(lab['bpm'] // TEMPO_BIN * TEMPO_BIN)}-{int(lab['bpm'] // TEMPO_BIN * TEMPO_BIN + TEMPO_BIN - 1)}"
+        for lab in labels
+        if lab.get("bpm")
+    )
     keys = Counter(lab["key"] for lab in labels if lab.get("key"))
-    genres = Counter(g for lab in labels for g in (lab.get("genres") or ([lab["tag_genre"]] if lab.get("tag_genre") else [])))
+    genres = Counter(
+        g for lab in labels for g in (lab.get("genres") or ([lab["tag_genre"]] if lab.get("tag_genre") else []))
+    )
     moods = Counter(m for lab in labels for m in lab.get("moods") or [])
     confidences = [lab["bpm_confidence"] for lab in labels if lab.get("bpm_confidence") is not None]
     loud = [lab["loudness"] for lab in labels if lab.get("loudness") is not None]
@@ -54,7 +59,9 @@ def build_report(
             "keys": dict(keys.most_common()),
             "genres": dict(genres.most_common()),
             "moods": dict(moods.most_common()),
-            "loudness_lufs": {"min": min(loud), "max": max(loud), "mean": round(sum(loud) / len(loud), 1)} if loud else None,
+            "loudness_lufs": {"min": min(loud), "max": max(loud), "mean": round(sum(loud) / len(loud), 1)}
+            if loud
+            else None,
         },
         "captions": captions,
         "resume": stats,
@@ -63,8 +70,10 @@ def build_report(
             "elapsed_s": round(elapsed, 2),
             "audio_analysed_s": round(sum(durations_in), 1),
             "x_realtime": round(audio_in / elapsed, 1) if elapsed > 0 and stats.get("analysed") else None,
-            "worker_seconds": {k: round(sum(t.get(k, 0.0) for t in timings), 2)
-                               for k in ("decode", "fingerprint", "labels", "chunk", "total")},
+            "worker_seconds": {
+                k: round(sum(t.get(k, 0.0) for t in timings), 2)
+                for k in ("decode", "fingerprint", "labels", "chunk", "total")
+            },
         },
         "settings": config.to_dict(),
     }
@@ -98,7 +107,7 @@ def format_report(report: dict) -> str:
     if lab["loudness_lufs"]:
         lines.append(f"loudness (LUFS): {lab['loudness_lufs']}")
     lines += ["", "captions:"]
-    lines += [f"  {c['song']}: \"{c['description']}\" ({c['source']})" for c in report["captions"]] or ["  -"]
+    lines += [f'  {c["song"]}: "{c["description"]}" ({c["source"]})' for c in report["captions"]] or ["  -"]
     if report["warnings"]:
         lines += ["", "warnings:"] + [f"  {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"

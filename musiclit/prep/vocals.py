@@ -60,7 +60,7 @@ def load_demucs(name_or_path: str) -> Any:
 
 
 def pick_device(device: str | None) -> str:
-    """"cuda" when a GPU is available (or requested), else "cpu"."""
+    """ "cuda" when a GPU is available (or requested), else "cpu"."""
     import torch
 
     if device:
@@ -141,8 +141,8 @@ def no_vocals_stream(
             sep = separate_no_vocals(model, mix, device, overlap, shifts)
             out = convert_channels(resample(sep, model_rate, out_rate), out_channels)
             # the part of this window that belongs to [start - xf/2, start + step + xf/2)
-            a = int(round((start - lo) / src_rate * out_rate))
-            b = int(round((min(total, start + step) - lo) / src_rate * out_rate))
+            a = round((start - lo) / src_rate * out_rate)
+            b = round((min(total, start + step) - lo) / src_rate * out_rate)
             half = xf_out // 2
             a0 = max(0, a - half) if tail is not None else a
             b1 = min(out.shape[1], b + half) if start + step < total else out.shape[1]
