@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -14,6 +15,9 @@ from musiclit.model.delay import build_delay_pattern, codebook_delays, masked_co
 from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune
 from musiclit.model.musicgen import load_musicgen
 from musiclit.optim import WarmupCosine
+
+# checkpoints deliberately hold only trainable weights; on_load_checkpoint checks that they all match
+warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
 
 FrozenDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,21 +92,15 @@ class MusicGenModule(L.LightningModule):
         self.base.text_encoder.eval()
         self.base.audio_encoder.eval()
         if gradient_checkpointing:
-            self.base.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if checkpoint_every_n_layers > 1:
-                self._checkpoint_every(checkpoint_every_n_layers)
+            self.base.decoder.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=checkpoint_every_n_layers
+            )
 
     # ------------------------------------------------------------------ structure
     @property
     def base(self) -> Any:
         """The underlying ``MusicgenForConditionalGeneration`` (adapters injected when LoRA is on)."""
         return base_model(self.model)
-
-    def _checkpoint_every(self, n: int) -> None:
-        layers = self.base.decoder.model.decoder.layers
-        for i, layer in enumerate(layers):
-            if i % n:
-                layer.gradient_checkpointing = False
 
     def trainable_keys(self) -> set[str]:
         """State-dict keys of the trainable parameters (what a checkpoint holds)."""

@@ -37,6 +37,8 @@ def read_audio(
     import soundfile as sf
 
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
     try:
         with sf.SoundFile(str(path)) as fh:
             sr = fh.samplerate
@@ -45,8 +47,6 @@ def read_audio(
                 fh.seek(min(first, fh.frames))
             frames = -1 if duration is None else int(round(duration * sr))
             data = fh.read(frames=frames, dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise AudioError(f"{path}: file not found") from None
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: cannot decode audio ({err})") from None
     if data.shape[0] == 0:

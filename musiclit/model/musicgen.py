@@ -141,7 +141,32 @@ def build_from_config(config: dict[str, Any] | str | os.PathLike[str], seed: int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(cfg)
+        init_codebooks(model.audio_encoder)
     return model, build_char_tokenizer()
+
+
+@torch.no_grad()
+def init_codebooks(codec: Any, seconds: float = 8.0) -> None:
+    """Give a random-init codec usable codebooks (its are all zeros, so every frame would get code 0).
+
+    Like EnCodec's k-means initialisation, in one pass: each residual stage's codebook is filled with
+    latent frames of a broadband signal (noise plus tones), drawn at random, and the residual passed on.
+    Uses the global RNG (callers seed it).
+    """
+    cfg = codec.config
+    n = int(seconds * cfg.sampling_rate)
+    t = torch.arange(n) / cfg.sampling_rate
+    tones = sum(torch.sin(2 * torch.pi * f * t * (1 + 0.3 * torch.sin(t))) for f in (110.0, 440.0, 1760.0))
+    signal = 0.1 * torch.randn(cfg.audio_channels, n) + 0.1 * tones
+    latents = codec.encoder(signal[None])  # (1, D, T)
+    residual = latents[0].t()  # (T, D)
+    for layer in codec.quantizer.layers:
+        book = layer.codebook
+        rows = residual[torch.randint(0, residual.shape[0], (book.codebook_size,))]
+        book.embed.copy_(rows + 1e-3 * residual.std() * torch.randn_like(rows))
+        book.embed_avg.copy_(book.embed)
+        book.cluster_size.fill_(1.0)
+        residual = residual - book.decode(book.encode(residual))
 
 
 def save_model_folder(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> Path:

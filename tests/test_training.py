@@ -1,0 +1,245 @@
+"""The LightningModule and the fit loop on the tiny model: CFG dropout, LoRA scope, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from musiclit.cli import build_cli
+from musiclit.model.lora import LoraSettings
+from musiclit.module import MusicGenModule
+
+
+class LossRecorder(Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def fit(model_dir, data_dir, root, *extra, recorder=None):
+    args = [
+        "fit",
+        "--model.pretrained", str(model_dir),
+        "--data.data_dir", str(data_dir),
+        "--data.segment_duration", "2",
+        "--data.batch_size", "2",
+        "--data.num_workers", "0",
+        "--trainer.accelerator", "cpu",
+        "--trainer.precision", "32-true",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.num_sanity_val_steps", "0",
+        "--trainer.log_every_n_steps", "1",
+        "--model.optimizer", "torch.optim.AdamW",
+        "--model.optimizer.lr", "0.003",
+        "--model.scheduler", "musiclit.optim.WarmupCosine",
+        "--model.scheduler.warmup_steps", "2",
+        "--model.lora.dropout", "0.1",
+        "--seed_everything", "0",
+        *extra,
+    ]  # fmt: skip
+    defaults = {"callbacks": [recorder]} if recorder else {}
+    return build_cli(args, trainer_defaults=defaults)
+
+
+class CrashAfter(LossRecorder):
+    """Records losses, then dies at the start of step ``n + 1`` (after step n's checkpoint was written)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.n:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.fixture(scope="module")
+def module(tiny_model_dir):
+    return MusicGenModule(str(tiny_model_dir), lora=LoraSettings())
+
+
+def test_lora_adapts_only_decoder_attention(module):
+    trainable = module.trainable_keys()
+    assert trainable and all("lora_" in k for k in trainable)
+    assert all(".decoder.model.decoder.layers." in k for k in trainable)
+    assert any("encoder_attn.q_proj" in k for k in trainable) and any("self_attn.v_proj" in k for k in trainable)
+    assert not any("k_proj" in k or "fc1" in k for k in trainable)
+    assert not module.base.text_encoder.training and not module.base.audio_encoder.training
+    module.train()
+    assert not module.base.text_encoder.training and not module.base.audio_encoder.training
+    assert module.base.decoder.training
+
+
+def test_all_linear_preset_and_full_finetune(tiny_model_dir):
+    all_linear = MusicGenModule(str(tiny_model_dir), lora=LoraSettings(target_modules="all-linear", lm_heads=True))
+    keys = all_linear.trainable_keys()
+    for leaf in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "lm_heads"):
+        assert any(leaf in k for k in keys), leaf
+    assert not any("text_encoder" in k or "audio_encoder" in k for k in keys)
+    full = MusicGenModule(str(tiny_model_dir), lora=None)
+    keys = full.trainable_keys()
+    assert any(k.startswith("model.decoder.") for k in keys)
+    assert not any("text_encoder" in k or "audio_encoder" in k or "lora" in k for k in keys)
+    with pytest.raises(ValueError, match="unknown LoRA preset"):
+        MusicGenModule(str(tiny_model_dir), lora=LoraSettings(target_modules="everything"))
+
+
+def test_cfg_dropout_rate_is_per_sample(module, monkeypatch):
+    """Count the examples whose text mask is zeroed: about 30% of them, and mixed within batches."""
+    seen = []
+
+    def capture(codes, frame_mask, text, text_mask):
+        seen.append(text_mask.sum(-1) == 0)
+        return torch.zeros(()), torch.zeros(4)
+
+    monkeypatch.setattr(module, "forward", capture)
+    codes = torch.zeros(8, 4, 5, dtype=torch.long)
+    batch = {"codes": codes, "frame_mask": torch.ones(8, 5, dtype=torch.bool), "captions": ["a b"] * 8}
+    torch.manual_seed(0)
+    for _ in range(250):
+        module._batch_loss(batch, 0.3)
+    dropped = torch.stack(seen).float()
+    assert abs(dropped.mean().item() - 0.3) < 0.03
+    per_batch = dropped.mean(1)
+    assert ((per_batch > 0) & (per_batch < 1)).float().mean() > 0.8  # not whole batches at once
+    seen.clear()
+    module._batch_loss(batch, 0.0)
+    assert not seen[0].any()
+
+
+def test_dropped_text_equals_unconditional_generation_input(module):
+    """A dropped caption gives the same loss whatever its text was (the model sees no text at all)."""
+    module.eval()
+    codes = torch.randint(0, 2048, (1, 4, 6))
+    fm = torch.ones(1, 6, dtype=torch.bool)
+    a, am = module.encode_text(["warm folk with guitar"])
+    b, bm = module.encode_text(["fast techno"])
+    with torch.no_grad():
+        la = module(codes, fm, a, am * 0)[0]
+        lb = module(codes, fm, b, bm * 0)[0]
+        lc = module(codes, fm, a, am)[0]
+    assert torch.equal(la, lb) and not torch.equal(la, lc)
+
+
+def test_text_cache_gives_identical_states(module):
+    module._text_cache.clear()
+    fresh, _ = module.encode_text(["slow piano", "a much longer caption about drums"])
+    cached, _ = module.encode_text(["a much longer caption about drums", "slow piano"])
+    assert torch.equal(fresh[0], cached[1]) and torch.equal(fresh[1], cached[0])
+
+
+def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_model_dir):
+    torch.manual_seed(0)
+    codes = torch.randint(0, 2048, (2, 4, 8))
+    fm = torch.ones(2, 8, dtype=torch.bool)
+    results = []
+    for gc in (False, True):
+        torch.manual_seed(0)  # same random LoRA init in both models
+        m = MusicGenModule(str(tiny_model_dir), lora=LoraSettings(init_lora_weights=False, dropout=0.0),
+                           gradient_checkpointing=gc)  # fmt: skip
+        assert m.base.decoder.is_activation_checkpointing == gc
+        m.train()  # checkpointing is only active in training mode; switch dropout off to compare exactly
+        for mod in m.base.decoder.modules():
+            if isinstance(getattr(mod, "dropout", None), float):
+                mod.dropout = 0.0
+        text, mask = m.encode_text(["a", "bb"])
+        loss = m(codes, fm, text, mask)[0]
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    assert torch.allclose(results[0][0], results[1][0])
+    for k, g in results[0][1].items():
+        assert torch.allclose(g, results[1][1][k], atol=1e-6), k
+
+
+def test_fit_resume_is_exact_and_checkpoints_hold_no_frozen_weights(tiny_model_dir, tiny_dataset, tmp_path):
+    """6 steps straight == 3 steps, stop, resume to 6 (mid-epoch) == 4 steps (epoch end), resume to 6."""
+    straight = LossRecorder()
+    fit(tiny_model_dir, tiny_dataset, tmp_path / "a", "--trainer.max_steps", "6", recorder=straight)
+    # the tiny dataset has 8 training clips: 4 batches of 2 per epoch
+    assert len(straight.losses) == 6
+    for stop in (3, 4):
+        root = tmp_path / f"b{stop}"
+        first, second = CrashAfter(stop), LossRecorder()
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            fit(tiny_model_dir, tiny_dataset, root, "--trainer.max_steps", "6",
+                "--checkpoint.every_n_train_steps", "1", recorder=first)  # fmt: skip
+        assert len(first.losses) == stop
+        fit(tiny_model_dir, tiny_dataset, root, "--trainer.max_steps", "6", "--ckpt_path", "last", recorder=second)
+        assert first.losses + second.losses == straight.losses, f"crashed after {stop}"
+
+    ckpt = torch.load(tmp_path / "b3" / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert keys and all("lora_" in k for k in keys)
+    n_weights = sum(v.numel() for v in ckpt["state_dict"].values())
+    module = MusicGenModule(str(tiny_model_dir))
+    n_frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    assert n_weights == sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert os.path.getsize(tmp_path / "b3" / "checkpoints" / "last.ckpt") < 4 * n_frozen  # less than fp32 base
+    # the resolved config is in every start's run folder
+    configs = sorted((tmp_path / "b3" / "logs").glob("version_*/config.yaml"))
+    assert len(configs) == 2 and "pretrained: " + str(tiny_model_dir) in configs[0].read_text()
+
+
+def test_loading_a_checkpoint_restores_trainable_weights(tiny_model_dir, tiny_dataset, tmp_path):
+    cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "2")
+    trained = {k: v.detach().clone() for k, v in cli.model.named_parameters() if v.requires_grad}
+    loaded = MusicGenModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    for k, v in loaded.named_parameters():
+        if v.requires_grad:
+            assert torch.equal(v, trained[k]), k
+    with pytest.raises(RuntimeError, match="does not match the model configuration"):
+        MusicGenModule.load_from_checkpoint(
+            tmp_path / "checkpoints" / "last.ckpt", lora=LoraSettings(target_modules="all-linear")
+        )
+
+
+def test_adapter_round_trip_through_peft_alone(tiny_model_dir, tiny_dataset, tmp_path):
+    from peft import PeftModel
+    from transformers import MusicgenForConditionalGeneration
+
+    cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "2", "--model.lora.init_lora_weights",
+              "false")  # fmt: skip
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    base = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, adapter).eval()
+    ours = cli.model.eval()
+    ids = ours.tokenizer(["folk"], return_tensors="pt")
+    dec = torch.randint(0, 2048, (4, 5))
+    with torch.no_grad():
+        want = ours.base(**ids, decoder_input_ids=dec).logits
+        got = peft_model(**ids, decoder_input_ids=dec).logits
+        plain = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir)(**ids, decoder_input_ids=dec).logits
+    assert torch.allclose(want, got, atol=1e-6)
+    assert not torch.allclose(want, plain, atol=1e-4)  # the adapter changes the output
+
+
+def test_lora_merge_equivalence(tiny_model_dir):
+    module = MusicGenModule(str(tiny_model_dir), lora=LoraSettings(init_lora_weights=False, target_modules="all-linear"))
+    module.eval()
+    ids = module.tokenizer(["a calm piece"], return_tensors="pt")
+    dec = torch.randint(0, 2048, (4, 7))
+    with torch.no_grad():
+        before = module.base(**ids, decoder_input_ids=dec).logits
+        merged = module.model.merge_and_unload(safe_merge=True)
+        after = merged(**ids, decoder_input_ids=dec).logits
+        base = MusicGenModule(str(tiny_model_dir), lora=None).base.eval()(**ids, decoder_input_ids=dec).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    assert not torch.allclose(before, base, atol=1e-3)
+
+
+def test_full_finetune_checkpoint_has_only_decoder(tiny_model_dir, tiny_dataset, tmp_path):
+    fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "1", "--model.lora", "null")
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert keys and all(k.startswith(("model.decoder.", "model.enc_to_dec_proj.")) for k in keys)
+    assert json.dumps(ckpt["hyper_parameters"]["lora"]) == "null"
