@@ -102,15 +102,16 @@ class SampleLogger(Callback):
         from musiclit.data.audio import write_audio
         from musiclit.sampling import sample_audio
 
-        audio = sample_audio(
-            pl_module.base,
-            pl_module.tokenizer,
-            self.prompts,
-            self.seconds,
-            pl_module.frame_rate,
-            guidance_scale=self.guidance_scale,
-            seed=self.seed,
-        )
+        with trainer.precision_plugin.forward_context():  # frozen weights may be bf16 (autocast mixes dtypes)
+            audio = sample_audio(
+                pl_module.base,
+                pl_module.tokenizer,
+                self.prompts,
+                self.seconds,
+                pl_module.frame_rate,
+                guidance_scale=self.guidance_scale,
+                seed=self.seed,
+            )
         folder = run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}"
         for i, (prompt, wav) in enumerate(zip(self.prompts, audio)):
             write_audio(folder / f"{i:02d}.wav", wav.numpy(), pl_module.sample_rate)
