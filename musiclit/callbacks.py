@@ -113,7 +113,7 @@ class SampleLogger(Callback):
                 seed=self.seed,
             )
         folder = run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}"
-        for i, (prompt, wav) in enumerate(zip(self.prompts, audio)):
+        for i, (prompt, wav) in enumerate(zip(self.prompts, audio, strict=False)):
             write_audio(folder / f"{i:02d}.wav", wav.numpy(), pl_module.sample_rate)
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
@@ -121,7 +121,10 @@ class SampleLogger(Callback):
                     experiment.add_audio(f"samples/{i:02d}", wav[0], trainer.global_step, pl_module.sample_rate)
                 elif type(logger).__name__ == "WandbLogger":
                     logger.log_audio(  # type: ignore[attr-defined]
-                        key=f"samples/{i:02d}", audios=[wav[0].numpy()], sample_rate=[pl_module.sample_rate],
-                        caption=[prompt], step=trainer.global_step,
+                        key=f"samples/{i:02d}",
+                        audios=[wav[0].numpy()],
+                        sample_rate=[pl_module.sample_rate],
+                        caption=[prompt],
+                        step=trainer.global_step,
                     )
         (folder / "prompts.txt").write_text("\n".join(self.prompts) + "\n", encoding="utf-8")

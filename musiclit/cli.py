@@ -75,7 +75,10 @@ class MusicLitCLI(LightningCLI):
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if config.trainer.logger in (None, True):
             config.trainer.logger = [
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": "logs"}},
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(root), "name": "logs"},
+                },
                 {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": str(root), "name": "tensorboard", "default_hp_metric": False},

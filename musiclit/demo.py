@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         k = max(5, len(report.losses) // 10)
         first, last = sum(report.losses[:k]) / k, sum(report.losses[-k:]) / k
         fell = last < first and math.isfinite(last)
-        print(f"\ntraining loss: first {k} steps {first:.3f} -> last {k} steps {last:.3f} ({'fell' if fell else 'DID NOT FALL'})")
+        verdict = "fell" if fell else "DID NOT FALL"
+        print(f"\ntraining loss: first {k} steps {first:.3f} -> last {k} steps {last:.3f} ({verdict})")
         ok = fell
     print(f"checkpoint: {run / 'checkpoints' / 'last.ckpt'}")
     print(f"adapter:    {run / 'adapter'} (peft layout)")

@@ -168,8 +168,6 @@ def synthesize_dataset(
             caption = spec.caption()
             caption.chunk_index, caption.offset_s = c, start / sample_rate
             caption.save((root / rel).with_suffix(".json"))
-            entries.append(
-                ClipEntry(rel, piece.shape[1] / sample_rate, sample_rate, 1, spec.song_id)
-            )
+            entries.append(ClipEntry(rel, piece.shape[1] / sample_rate, sample_rate, 1, spec.song_id))
     write_manifest(root / "manifest.jsonl", split_by_song(entries, valid_fraction, seed))
     return specs

@@ -61,7 +61,7 @@ def test_stereo_delays_interleave():
 def test_padding_frames_carry_no_loss():
     codes = torch.randint(0, 2048, (2, 4, 6))
     frame_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
-    _, labels, mask = build_delay_pattern(codes, SPECIAL, codebook_delays(4), frame_mask)
+    _, _, mask = build_delay_pattern(codes, SPECIAL, codebook_delays(4), frame_mask)
     assert mask[0].sum() == 24 and mask[1].sum() == 16
     for k in range(4):  # the padded frames 4 and 5 of item 1 sit at positions 4+k, 5+k
         assert not mask[1, k, 4 + k] and not mask[1, k, 5 + k] and mask[1, k, 3 + k]

@@ -22,9 +22,7 @@ from musiclit.data.manifest import (
 
 def _entries(n_songs, clips_per_song=3):
     return [
-        ClipEntry(f"s{s}_{c}.wav", 30.0, 32000, 1, f"song{s}")
-        for s in range(n_songs)
-        for c in range(clips_per_song)
+        ClipEntry(f"s{s}_{c}.wav", 30.0, 32000, 1, f"song{s}") for s in range(n_songs) for c in range(clips_per_song)
     ]
 
 
@@ -50,7 +48,7 @@ def test_existing_split_is_kept_and_extended_to_the_song():
     out = split_by_song(entries, 0.0, seed=0)
     assert {e.split for e in out if e.song_id == "song0"} == {"valid"}
     entries[1].split = "train"
-    with pytest.raises(ManifestError, match="song0.*both splits"):
+    with pytest.raises(ManifestError, match=r"song0.*both splits"):
         split_by_song(entries, 0.0, seed=0)
 
 
@@ -86,7 +84,7 @@ def test_missing_clip_and_missing_folder_are_clear_errors(tmp_path):
     with pytest.raises(ManifestError, match="dataset folder not found"):
         load_dataset_entries(tmp_path / "nope")
     write_manifest(tmp_path / "manifest.jsonl", _entries(1, 1))
-    with pytest.raises(ManifestError, match="s0_0.wav"):
+    with pytest.raises(ManifestError, match=r"s0_0\.wav"):
         load_dataset_entries(tmp_path)
     (tmp_path / "manifest.jsonl").write_text(json.dumps({"a": 1}) + "\n")
     with pytest.raises(ManifestError, match="missing field 'path'"):

@@ -224,7 +224,8 @@ def test_adapter_round_trip_through_peft_alone(tiny_model_dir, tiny_dataset, tmp
 
 
 def test_lora_merge_equivalence(tiny_model_dir):
-    module = MusicGenModule(str(tiny_model_dir), lora=LoraSettings(init_lora_weights=False, target_modules="all-linear"))
+    lora = LoraSettings(init_lora_weights=False, target_modules="all-linear")
+    module = MusicGenModule(str(tiny_model_dir), lora=lora)
     module.eval()
     ids = module.tokenizer(["a calm piece"], return_tensors="pt")
     dec = torch.randint(0, 2048, (4, 7))

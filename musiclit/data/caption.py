@@ -111,9 +111,7 @@ class Caption:
             types = _FIELD_TYPES[name]
             if isinstance(value, bool) or not isinstance(value, types):
                 want = " or ".join(t.__name__ for t in types)
-                raise CaptionError(
-                    f"{source}: field '{name}' must be {want}, got {type(value).__name__} ({value!r})"
-                )
+                raise CaptionError(f"{source}: field '{name}' must be {want}, got {type(value).__name__} ({value!r})")
             if name in _LIST_FIELDS:
                 if not all(isinstance(v, str) for v in value):
                     raise CaptionError(f"{source}: field '{name}' must be a list of strings, got {value!r}")
@@ -268,4 +266,3 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-

@@ -187,14 +187,12 @@ def split_by_song(entries: Sequence[ClipEntry], valid_fraction: float, seed: int
     if valid_fraction > 0 and n_valid == 0 and len(free) >= 2:
         n_valid = 1
     assign = dict(fixed)
-    assign.update({song: "valid" for song in free[:n_valid]})
-    assign.update({song: "train" for song in free[n_valid:]})
+    assign.update(dict.fromkeys(free[:n_valid], "valid"))
+    assign.update(dict.fromkeys(free[n_valid:], "train"))
     return [ClipEntry(**{**asdict(e), "split": assign[e.song_id]}) for e in entries]
 
 
-def load_dataset_entries(
-    root: str | os.PathLike[str], valid_fraction: float = 0.1, seed: int = 0
-) -> list[ClipEntry]:
+def load_dataset_entries(root: str | os.PathLike[str], valid_fraction: float = 0.1, seed: int = 0) -> list[ClipEntry]:
     """Entries of a dataset folder: from its manifest when there is one, else by scanning; splits assigned.
 
     Raises:
