@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build(arch: str, device: str, dtype: str):  # noqa: ANN201
+def build(arch: str, device: str, dtype: str):
     from musiclit.generate import FineTune, Generator
     from musiclit.model.musicgen import build_from_config, describe, real_decoder_config, tiny_config_dict
 
@@ -32,7 +32,7 @@ def build(arch: str, device: str, dtype: str):  # noqa: ANN201
     return Generator(FineTune(model, loaded, "plain", f"random-init {arch}"), device=device, dtype=dtype)
 
 
-def bench(gen, batch: int, seconds: float, repeats: int) -> dict[str, float]:  # noqa: ANN001
+def bench(gen, batch: int, seconds: float, repeats: int) -> dict[str, float]:
     import torch
 
     from musiclit.generate import GenerationParams
