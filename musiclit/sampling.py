@@ -35,6 +35,10 @@ def sample_audio(
     Returns:
         (B, C, S) float audio at the codec's sample rate.
     """
+    from musiclit.model.delay import codebook_delays
+
+    dec = model.config.decoder
+    delays = codebook_delays(dec.num_codebooks, getattr(dec, "audio_channels", 1))
     device = next(model.parameters()).device
     tokens = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
     was_training = model.training
@@ -48,7 +52,8 @@ def sample_audio(
                 guidance_scale=guidance_scale if guidance_scale != 1.0 else None,
                 top_k=top_k,
                 temperature=temperature,
-                max_new_tokens=max(1, int(round(seconds * frame_rate))),
+                # the delay pattern spends `max_delay` extra steps before the last frame is complete
+                max_new_tokens=max(1, int(round(seconds * frame_rate))) + max(delays),
                 use_cache=True,
             )
     finally:

@@ -244,3 +244,31 @@ def test_full_finetune_checkpoint_has_only_decoder(tiny_model_dir, tiny_dataset,
     keys = list(ckpt["state_dict"])
     assert keys and all(k.startswith(("model.decoder.", "model.enc_to_dec_proj.")) for k in keys)
     assert json.dumps(ckpt["hyper_parameters"]["lora"]) == "null"
+
+
+def test_samples_are_logged_during_training(tiny_model_dir, tiny_dataset, tmp_path):
+    fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "1", "--samples.prompts", '["calm folk", "fast"]',
+        "--samples.seconds", "0.5", "--trainer.val_check_interval", "1")  # fmt: skip
+    import soundfile as sf
+
+    wavs = sorted((tmp_path / "samples").glob("step_*/*.wav"))
+    assert [w.name for w in wavs] == ["00.wav", "01.wav"]
+    info = sf.info(str(wavs[0]))
+    assert info.samplerate == 32000 and abs(info.duration - 0.5) < 0.05
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
+    assert events and any(e.stat().st_size > 1000 for e in events)
+
+
+def test_wandb_logger_from_config_works_offline(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = tmp_path / "wandb.yaml"
+    config.write_text(
+        "trainer:\n  logger:\n    - class_path: lightning.pytorch.loggers.WandbLogger\n"
+        f"      init_args: {{project: musiclit-test, save_dir: {tmp_path / 'wandb'}, offline: true}}\n"
+    )
+    fit(tiny_model_dir, tiny_dataset, tmp_path / "run", "--config", str(config), "--trainer.max_steps", "2")
+    runs = list((tmp_path / "wandb").rglob("*.wandb"))
+    assert runs and runs[0].stat().st_size > 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # checkpoints stay in the run folder
