@@ -272,3 +272,26 @@ def test_wandb_logger_from_config_works_offline(tiny_model_dir, tiny_dataset, tm
     runs = list((tmp_path / "wandb").rglob("*.wandb"))
     assert runs and runs[0].stat().st_size > 0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # checkpoints stay in the run folder
+
+
+@pytest.mark.parametrize(("arch", "limit_mb"), [("medium", 60), ("large", 80)])
+def test_lora_checkpoint_of_real_architectures_is_megabytes(arch, limit_mb):
+    """The seed's LoRA recipe on the real decoders (built on the meta device: no memory, no download).
+
+    A checkpoint holds the trainable weights plus two AdamW moments per weight (float32).
+    """
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+
+    from musiclit.model.lora import apply_lora
+    from musiclit.model.musicgen import real_decoder_config, tiny_config_dict
+
+    cfg = tiny_config_dict()
+    cfg["decoder"].update(real_decoder_config(arch))
+    with torch.device("meta"):
+        model = apply_lora(MusicgenForConditionalGeneration(MusicgenConfig.from_dict(cfg)), LoraSettings())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.get_base_model().decoder.parameters() if not p.requires_grad)
+    layers, hidden = real_decoder_config(arch)["num_hidden_layers"], real_decoder_config(arch)["hidden_size"]
+    assert trainable == layers * 4 * 2 * 8 * hidden  # q and v of self- and cross-attention, A and B, r=8
+    assert trainable * 12 / 2**20 < limit_mb
+    assert frozen > 1e9  # the base it leaves out is gigabytes
