@@ -9,7 +9,7 @@ audiocraft's ``MusicGen.get_pretrained(folder)`` reads two files:
 Both are ``torch.save`` pickles (the format requires it). Names map as follows (transformers' names are those
 of ``MusicgenForConditionalGeneration.state_dict()``; ``L.`` = ``decoder.model.decoder.layers.``)::
 
-    audiocraft                                            transformers
+    audiocraft                                              transformers
     emb.{k}.weight                                          decoder.model.decoder.embed_tokens.{k}.weight
     transformer.layers.{i}.self_attn.in_proj_weight         L.{i}.self_attn.{q,k,v}_proj.weight
     transformer.layers.{i}.self_attn.out_proj.weight        L.{i}.self_attn.out_proj.weight
@@ -21,7 +21,8 @@ of ``MusicgenForConditionalGeneration.state_dict()``; ``L.`` = ``decoder.model.d
     transformer.layers.{i}.norm2.*                          L.{i}.final_layer_norm.*
     out_norm.*                                              decoder.model.decoder.layer_norm.*
     linears.{k}.weight                                      decoder.lm_heads.{k}.weight
-    condition_provider.conditioners.description.output_proj.*enc_to_dec_proj.*
+    condition_provider.conditioners.description.output_proj.*
+                                                            enc_to_dec_proj.*
 
 The fused ``in_proj_weight`` is q, k and v stacked along dim 0 (hidden_size rows each). The T5 text encoder
 is not part of audiocraft's state dict (audiocraft loads it by name), nor is the codec.
