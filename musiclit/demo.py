@@ -98,18 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("[3/4] fine-tuning with LoRA on the CPU (python -m musiclit fit --config configs/demo.yaml ...)")
     report = LossReport(every=10)
-    cli = build_cli(fit_args, trainer_defaults={"callbacks": [report.callback()], "enable_progress_bar": False})
+    build_cli(fit_args, trainer_defaults={"callbacks": [report.callback()], "enable_progress_bar": False})
 
-    print("[4/4] generating a sample with the fine-tune", flush=True)
-    from musiclit.data.audio import write_audio
-    from musiclit.sampling import sample_audio
+    print("[4/4] generating a sample with the fine-tune (python -m musiclit generate --adapter ...)", flush=True)
+    from musiclit.generate import GenerationParams, load_generator, write_samples
 
-    module = cli.model
     prompt = "calm ambient track with pad, bass and drums"
-    audio = sample_audio(module.base, module.tokenizer, [prompt], 4.0, module.frame_rate, seed=0)
-    wav = out / "samples" / "demo.wav"
-    write_audio(wav, audio[0].numpy(), module.sample_rate)
-
+    generator = load_generator(adapter=str(run / "adapter"), device="cpu")
+    params = GenerationParams(seconds=4.0, seed=0)
+    result = generator.generate([prompt], params)
+    wav = write_samples(generator, result, [prompt], params, out / "samples")[0]
     ok = True
     if len(report.losses) >= 20:
         k = max(5, len(report.losses) // 10)
@@ -121,5 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {run / 'checkpoints' / 'last.ckpt'}")
     print(f"adapter:    {run / 'adapter'} (peft layout)")
     print(f"config:     {run / 'logs'}/version_*/config.yaml")
-    print(f"sample:     {wav} ({audio.shape[-1] / module.sample_rate:.1f} s, prompt: {prompt!r})")
+    seconds = result.audio.shape[-1] / result.sample_rate
+    print(f"sample:     {wav} ({seconds:.1f} s, prompt: {prompt!r}; its JSON beside it)")
     return 0 if ok else 1
