@@ -210,3 +210,19 @@ def test_output_inside_input_is_refused(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"")
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_fit_trains_on_the_prepared_dataset(messy, tiny_model_dir, tmp_path):
+    """The output of prepare is a dataset fit trains on, with no further step."""
+    from musiclit.cli import build_cli
+
+    _, out, _, _, _ = messy
+    run = tmp_path / "run"
+    build_cli(
+        ["fit", "--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(out),
+         "--data.segment_duration", "2", "--data.num_workers", "0", "--trainer.max_steps", "2",
+         "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run),
+         "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]  # fmt: skip
+    )
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
