@@ -295,3 +295,17 @@ def test_lora_checkpoint_of_real_architectures_is_megabytes(arch, limit_mb):
     assert trainable == layers * 4 * 2 * 8 * hidden  # q and v of self- and cross-attention, A and B, r=8
     assert trainable * 12 / 2**20 < limit_mb
     assert frozen > 1e9  # the base it leaves out is gigabytes
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precisions_train(tiny_model_dir, tiny_dataset, tmp_path, precision):
+    recorder = LossRecorder()
+    cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "2", "--trainer.precision", precision,
+              recorder=recorder)  # fmt: skip
+    assert len(recorder.losses) == 2 and all(torch.isfinite(torch.tensor(recorder.losses)))
+    frozen = cli.model.base.decoder.model.decoder.layers[0].fc1.weight
+    norm = cli.model.base.decoder.model.decoder.layers[0].final_layer_norm.weight
+    # frozen matmul weights in bf16 under bf16 autocast (Lightning runs 16-mixed as bf16-mixed on a CPU)
+    want = torch.bfloat16 if str(cli.trainer.precision).startswith("bf16") else torch.float32
+    assert frozen.dtype == want and norm.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in cli.model.parameters() if p.requires_grad)
