@@ -190,6 +190,12 @@ class MusicDataModule(L.LightningDataModule):
         caption_dropout: Per-field caption dropout for training (None: always the full caption).
         sample_rate: Set from the model (linked by the CLI; do not configure).
         channels: Set from the model (linked by the CLI; do not configure).
+        token_cache: Train on cached codec tokens (encode every clip once, then crop codes; the default).
+            Missing entries are encoded in ``setup()`` with the model's codec (on the GPU when there is
+            one). False runs the codec on the cropped audio every step.
+        cache_dir: Root of the token cache (default ``<data_dir>/.musiclit-cache``, or the user cache
+            folder when the dataset is read-only); one sub-folder per codec, shared by runs.
+        cache_verify: Re-hash every audio file instead of trusting an unchanged (path, size, mtime).
     """
 
     def __init__(
@@ -205,6 +211,9 @@ class MusicDataModule(L.LightningDataModule):
         caption_dropout: CaptionDropout | None = None,
         sample_rate: int = 32000,
         channels: int = 1,
+        token_cache: bool = True,
+        cache_dir: str | None = None,
+        cache_verify: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < min_segment_ratio <= 1.0:
@@ -222,8 +231,27 @@ class MusicDataModule(L.LightningDataModule):
         self.caption_dropout = CaptionDropout() if caption_dropout is None else caption_dropout
         self.sample_rate = sample_rate
         self.channels = channels
+        self.token_cache = token_cache
+        self.cache_dir = cache_dir
+        self.cache_verify = cache_verify
+        self.tokenizer: Any = None
+        self.cache: Any = None
         self.train_set: ClipDataset | None = None
         self.valid_set: ClipDataset | None = None
+
+    def attach_tokenizer(self, tokenizer: Any) -> None:
+        """Give the data module the codec (a :class:`musiclit.cache.CodecTokenizer`) for the token cache.
+
+        Under the trainer this is not needed: ``setup()`` takes the codec of the LightningModule.
+        """
+        self.tokenizer = tokenizer
+
+    def _find_tokenizer(self) -> Any:
+        if self.tokenizer is None and getattr(self, "trainer", None) is not None:
+            module = self.trainer.lightning_module
+            if module is not None and hasattr(module, "codec_tokenizer"):
+                self.tokenizer = module.codec_tokenizer()
+        return self.tokenizer
 
     def setup(self, stage: str | None = None) -> None:
         """Read the manifest (or scan), split by song and build the datasets."""
@@ -241,18 +269,39 @@ class MusicDataModule(L.LightningDataModule):
             "segment_duration": self.segment_duration,
             "min_segment_ratio": self.min_segment_ratio,
         }
+        tokenizer = self._find_tokenizer() if self.token_cache else None
+        if tokenizer is not None:
+            # a standalone data module (no trainer, no codec attached) serves audio instead
+            from musiclit.cache import TokenCache, cached_keys, default_cache_root
+            from musiclit.data.tokens import TokenClipDataset
+
+            root = self.cache_dir or default_cache_root(self.data_dir)
+            self.cache = TokenCache(root, tokenizer.id)
+            keys = cached_keys(Path(self.data_dir), [e.path for e in train + valid], self.cache, tokenizer,
+                               verify=self.cache_verify)  # fmt: skip
+            extra = {"cache": self.cache, "frame_rate": tokenizer.frame_rate,
+                     "special_token": tokenizer.special_token}  # fmt: skip
+            self.train_set = TokenClipDataset(
+                keys=keys[: len(train)], entries=train, random_crop=True, caption_dropout=self.caption_dropout,
+                seed=self.seed, **extra, **common,
+            )  # fmt: skip
+            self.valid_set = TokenClipDataset(
+                keys=keys[len(train) :], entries=valid, random_crop=False, caption_dropout=None, **extra, **common
+            )
+            return
         self.train_set = ClipDataset(
             entries=train, random_crop=True, caption_dropout=self.caption_dropout, seed=self.seed, **common
         )
         self.valid_set = ClipDataset(entries=valid, random_crop=False, caption_dropout=None, **common)
 
     def _loader(self, dataset: ClipDataset, shuffle: bool) -> ResumableLoader:
+        collate = getattr(dataset, "collate", collate_clips)  # token datasets bring their own
         return ResumableLoader(
             dataset,
             EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=collate_clips,
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
