@@ -1,0 +1,315 @@
+"""``python -m musiclit estimate``: predict (and with ``--measure``, measure) peak memory of a training config.
+
+    python -m musiclit estimate --config configs/base.yaml --config configs/musicgen-medium-lora.yaml \\
+        [--gpu-memory 12] [--measure]
+
+The prediction is analytic (no weights are loaded): parameter counts by architecture, bytes per parameter
+by role (frozen weights in the compute dtype, trainable weights fp32 + grads + AdamW's two moments), and
+activations per decoder layer per token with and without checkpointing, SDPA attention (no L x L scores
+kept), LoRA inputs and dropout masks, and the K x V logits kept in fp32 for the loss. GPU figures are
+ESTIMATES until measured (``--measure`` runs real steps at random init on the GPU, or on the CPU where it
+measures the process's peak RSS increase over a few steps, the number the CPU check in the tests uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GiB = 2**30
+T5_BASE_PARAMS = 109_600_000  # t5-base encoder + shared embedding (the text encoder of every released model)
+ENCODEC_32K_PARAMS = 56_900_000  # EnCodec 32 kHz (encoder + decoder + quantizer)
+VOCAB = 2048
+TEXT_TOKENS = 32
+ARCHS = {
+    "small": (1024, 24, 16),
+    "medium": (1536, 48, 24),
+    "large": (2048, 48, 32),
+}
+LORA_PRESETS = {
+    "qv": ("q_proj", "v_proj"),
+    "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+}
+
+
+@dataclass
+class Spec:
+    """What memory depends on."""
+
+    hidden: int
+    layers: int
+    ffn: int
+    codebooks: int = 4
+    text_params: int = T5_BASE_PARAMS
+    codec_params: int = ENCODEC_32K_PARAMS
+    text_dim: int = 768
+    batch: int = 1
+    seconds: float = 30.0
+    frame_rate: int = 50
+    bf16: bool = True
+    lora_r: int | None = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_heads: bool = False
+    lora_dropout: float = 0.05
+    checkpointing: bool = False
+    token_cache: bool = True
+
+    @property
+    def decoder_params(self) -> int:
+        d, f = self.hidden, self.ffn
+        per_layer = 8 * d * d + 2 * d * f + 3 * 2 * d  # self + cross attention, ffn, layer norms
+        return self.layers * per_layer + self.codebooks * (VOCAB + 1) * d + self.codebooks * d * VOCAB
+
+    @property
+    def lora_params(self) -> int:
+        if self.lora_r is None:
+            return self.decoder_params
+        d, f, r = self.hidden, self.ffn, self.lora_r
+        shapes = {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "out_proj": (d, d), "fc1": (d, f),
+                  "fc2": (f, d)}  # fmt: skip
+        per_layer = 0
+        for leaf in self.lora_targets:
+            i, o = shapes[leaf]
+            per_layer += r * (i + o) * (2 if leaf in ("q_proj", "k_proj", "v_proj", "out_proj") else 1)
+        heads = self.codebooks * r * (d + VOCAB) if self.lora_heads else 0
+        return self.layers * per_layer + heads
+
+
+def estimate(spec: Spec) -> dict[str, float]:
+    """Peak training memory by component, in bytes (GPU: what ``torch.cuda.max_memory_allocated`` counts)."""
+    a = 2 if spec.bf16 else 4  # bytes of an activation in the compute dtype
+    w = 2 if spec.bf16 else 4  # frozen weights in the compute dtype (frozen_dtype auto)
+    d, f, layers = spec.hidden, spec.ffn, spec.layers
+    frames = int(round(spec.seconds * spec.frame_rate))
+    tokens = spec.batch * (frames + spec.codebooks)  # delay pattern steps
+    full = spec.lora_r is None
+    trainable = spec.lora_params
+    frozen_decoder = 0 if full else spec.decoder_params
+    out: dict[str, float] = {}
+    out["decoder weights (frozen)"] = frozen_decoder * w
+    out["trainable weights + grads + AdamW"] = trainable * 16
+    out["text encoder (frozen)"] = spec.text_params * w
+    out["codec (fp32)"] = spec.codec_params * 4
+    drop = spec.lora_dropout > 0 and not full
+    mask = 1 if drop else 0
+    # per layer per token: fp32 residual inputs of the 3 layer norms, LN outputs, q/k/v/attention outputs kept
+    # for SDPA's backward, LoRA inputs (dropout outputs + masks), fc1 output (GELU backward), fc2's input
+    per_token = d * (3 * 4 + 3 * a + 4 * a + 3 * a + 2 * a + 3 * (a + mask)) + f * (2 * a + mask)
+    if full:
+        per_token += d * 2 * a  # inputs of every linear are saved for weight gradients
+    layer_acts = per_token * tokens
+    if spec.checkpointing:
+        out["activations"] = layers * tokens * d * 4 + layer_acts  # layer inputs + one layer recomputed
+    else:
+        out["activations"] = layers * layer_acts
+    # logits (B, K, L, V): the heads' outputs and their stack (compute dtype), the fp32 log-softmax for the
+    # loss, and in the backward its gradient, the stacked gradient and the heads' gradients (fp32)
+    out["logits + loss"] = spec.batch * spec.codebooks * (frames + spec.codebooks) * VOCAB * (2 * a + 4 * 4)
+    out["text states"] = spec.batch * TEXT_TOKENS * spec.text_dim * 4 * 4
+    if not spec.token_cache:
+        samples = int(spec.seconds * 32000) * spec.batch
+        out["codec activations (no cache)"] = samples * 64 * 4 * 3  # first conv block, 64 filters, fp32
+    out["allocator slack (10%)"] = 0.1 * sum(out.values())
+    return out
+
+
+def step_memory(parts: dict[str, float]) -> float:
+    """The parts of an estimate a step allocates and frees (what the CPU measurement sees): activations,
+    logits and gradients of the trainable weights."""
+    trainable = parts["trainable weights + grads + AdamW"] / 16
+    return parts["activations"] + parts["logits + loss"] + 4 * trainable
+
+
+def spec_from_config(config: dict[str, Any], gpu: bool = True) -> Spec:
+    """A :class:`Spec` from a resolved musiclit YAML config (``model``/``data``/``trainer`` sections)."""
+    model = config.get("model") or {}
+    data = config.get("data") or {}
+    trainer = config.get("trainer") or {}
+    pretrained = str(model.get("pretrained", "facebook/musicgen-small"))
+    arch = next((name for name in ARCHS if name in pretrained), None)
+    kwargs: dict[str, Any] = {}
+    if arch is not None:
+        d, n, _ = ARCHS[arch]
+        kwargs.update(hidden=d, layers=n, ffn=4 * d, codebooks=8 if "stereo" in pretrained else 4)
+    else:
+        path = Path(pretrained)
+        cfg_file = path if path.suffix == ".json" else path / "config.json"
+        cfg = json.loads(cfg_file.read_text())
+        dec = cfg["decoder"]
+        kwargs.update(hidden=dec["hidden_size"], layers=dec["num_hidden_layers"], ffn=dec["ffn_dim"],
+                      codebooks=dec["num_codebooks"], text_dim=cfg["text_encoder"]["d_model"])  # fmt: skip
+        kwargs["text_params"] = _t5_params(cfg["text_encoder"])
+        kwargs["codec_params"] = ENCODEC_32K_PARAMS if cfg["audio_encoder"].get("num_filters", 64) >= 64 else 50_000
+    lora = model.get("lora", {"r": 8, "target_modules": "qv"})
+    if lora is None:
+        kwargs["lora_r"] = None
+    else:
+        targets = lora.get("target_modules", "qv")
+        kwargs.update(lora_r=int(lora.get("r", 8)), lora_heads=bool(lora.get("lm_heads", False)),
+                      lora_targets=LORA_PRESETS[targets] if isinstance(targets, str) else tuple(targets),
+                      lora_dropout=float(lora.get("dropout", 0.05)))  # fmt: skip
+    precision = str(trainer.get("precision", "bf16-mixed"))
+    return Spec(
+        **kwargs,
+        batch=int(data.get("batch_size", 1)),
+        seconds=float(data.get("segment_duration", 30.0)),
+        bf16=precision.startswith("bf16") or precision.startswith("16"),
+        checkpointing=bool(model.get("gradient_checkpointing", False)),
+        token_cache=bool(data.get("token_cache", True)),
+    )
+
+
+def _t5_params(t5: dict[str, Any]) -> int:
+    d, ff, n, h, kv = t5["d_model"], t5["d_ff"], t5["num_layers"], t5["num_heads"], t5["d_kv"]
+    return t5["vocab_size"] * d + n * (4 * d * h * kv + 2 * d * ff + 2 * d)
+
+
+def suggest(spec: Spec, budget: float, effective_batch: int = 8) -> list[str]:
+    """Settings that fit ``budget`` bytes: the largest batch without, then with, checkpointing."""
+    lines = []
+    for ckpt in (False, True):
+        best = 0
+        for batch in (1, 2, 4, 8, 16):
+            trial = Spec(**{**spec.__dict__, "batch": batch, "checkpointing": ckpt})
+            if sum(estimate(trial).values()) <= budget:
+                best = batch
+        if best:
+            accum = max(1, math.ceil(effective_batch / best))
+            lines.append(f"checkpointing {'on ' if ckpt else 'off'}: batch_size {best} x accumulate_grad_batches "
+                         f"{accum} (effective {best * accum})")  # fmt: skip
+        else:
+            lines.append(f"checkpointing {'on ' if ckpt else 'off'}: does not fit even at batch 1")
+    return lines
+
+
+def load_configs(paths: list[str]) -> dict[str, Any]:
+    """Merge YAML configs in order (later ones override, section by section, key by key)."""
+    import yaml
+
+    merged: dict[str, Any] = {}
+
+    def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict) and "class_path" not in value:
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    for path in paths:
+        merge(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged
+
+
+def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
+    """Run ``steps`` real training steps at random init (same architecture) and return measured memory.
+
+    GPU: ``torch.cuda.max_memory_allocated`` over the steps (weights, optimizer state, activations). CPU:
+    the peak RSS increase of the process over the steps after one warm-up step (the warm-up allocates the
+    optimizer state and touches the code of every kernel), i.e. activations + logits + gradients, compared
+    with the same parts of the estimate (:func:`step_memory`).
+    """
+    import torch
+
+    from musiclit.model.lora import LoraSettings
+    from musiclit.module import MusicGenModule
+
+    spec = spec_from_config(config)
+    model = config.get("model") or {}
+    pretrained = str(model.get("pretrained"))
+    if any(name in pretrained for name in ARCHS) and not Path(pretrained).exists():
+        import sys
+        import tempfile
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+        from bench_train import model_config  # the real architecture at random init, real T5-base/EnCodec sizes
+
+        tmp = Path(tempfile.mkdtemp()) / "config.json"
+        tmp.write_text(json.dumps(model_config(next(n for n in ARCHS if n in pretrained))))
+        pretrained = str(tmp)
+    lora = model.get("lora", {})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = MusicGenModule(pretrained, lora=None if lora is None else LoraSettings(**lora),
+                            gradient_checkpointing=spec.checkpointing,
+                            frozen_dtype="bfloat16" if spec.bf16 else "float32")  # fmt: skip
+    module.setup("fit")
+    module.to(device).train()
+    frames = int(round(spec.seconds * 50))
+    batch = {"codes": torch.randint(0, 2048, (spec.batch, spec.codebooks, frames), device=device),
+             "frame_mask": torch.ones(spec.batch, frames, dtype=torch.bool, device=device),
+             "captions": ["a calm folk piece with guitar"] * spec.batch}  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.bf16)
+    for i in range(steps + 1):
+        if i == 1 and device == "cpu":
+            before = _status("VmRSS")
+            _reset_peak()
+        elif i == 0 and device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        torch.manual_seed(i)
+        with autocast:
+            loss = module._batch_loss(batch, 0.3)[0]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return {"device": device, "peak": torch.cuda.max_memory_allocated(), "before_steps": before}
+    return {"device": device, "peak_increase": _status("VmHWM") - before, "before_steps": before}
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the estimate (and suggestions) for a config; ``--measure`` adds a measurement."""
+    parser = argparse.ArgumentParser(prog="musiclit estimate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--config", action="append", required=True, help="YAML config (repeat to layer)")
+    parser.add_argument("--gpu-memory", type=float, default=12.0, help="GPU memory budget in GiB")
+    parser.add_argument("--measure", action="store_true", help="run real steps at random init and measure")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args(argv)
+    config = load_configs(args.config)
+    spec = spec_from_config(config)
+    parts = estimate(spec)
+    total = sum(parts.values())
+    label = "ESTIMATE (analytic, not measured)"
+    print(f"{label}: peak GPU memory for {', '.join(args.config)}")
+    print(f"  decoder {spec.hidden} x {spec.layers} layers ({spec.decoder_params / 1e6:.0f}M params), "
+          f"{'LoRA r' + str(spec.lora_r) if spec.lora_r else 'full fine-tune'} ({spec.lora_params / 1e6:.1f}M "
+          f"trainable), batch {spec.batch} x {spec.seconds:g} s, {'bf16' if spec.bf16 else 'fp32'}, "
+          f"checkpointing {'on' if spec.checkpointing else 'off'}")  # fmt: skip
+    for name, value in parts.items():
+        print(f"  {name:<36}{value / GiB:8.2f} GiB")
+    print(f"  {'total':<36}{total / GiB:8.2f} GiB   (+ ~0.5 GiB CUDA context, not counted by PyTorch)")
+    other = Spec(**{**spec.__dict__, "checkpointing": not spec.checkpointing})
+    flipped = sum(estimate(other).values()) / GiB
+    print(f"  with checkpointing {'off' if spec.checkpointing else 'on'}: {flipped:.2f} GiB")
+    verdict = "fits" if total <= args.gpu_memory * GiB else "does NOT fit"
+    print(f"budget {args.gpu_memory:g} GiB: this config {verdict}. Suggestions (estimates):")
+    for line in suggest(spec, args.gpu_memory * GiB):
+        print("  " + line)
+    if args.measure:
+        result = measure(config, args.steps)
+        if result["device"] == "cuda":
+            print(f"MEASURED on the GPU: peak allocated {result['peak'] / GiB:.2f} GiB (estimate {total / GiB:.2f})")
+        else:
+            print(f"MEASURED on the CPU: peak RSS increase over {args.steps} steps "
+                  f"{result['peak_increase'] / GiB:.2f} GiB (weights excluded; no GPU here)")  # fmt: skip
+    return 0
