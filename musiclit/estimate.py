@@ -26,6 +26,13 @@ T5_BASE_PARAMS = 109_600_000  # t5-base encoder + shared embedding (the text enc
 ENCODEC_32K_PARAMS = 56_900_000  # EnCodec 32 kHz (encoder + decoder + quantizer)
 VOCAB = 2048
 TEXT_TOKENS = 32
+# Eager PyTorch keeps more than the tensors counted below (residual/attention dropout masks and outputs,
+# layer-norm statistics, autograd temporaries). Measured on the CPU (peak RSS of real steps, fp32, see
+# tests/test_estimate.py): 2.6x the counted activations per layer and 2.0x the counted logits memory, on a
+# 256-wide, 1- and 4-layer model; checked on held-out sizes in the test. On a GPU these are estimates.
+ACTIVATION_OVERHEAD = 2.6
+LOGITS_OVERHEAD = 2.0
+
 ARCHS = {
     "small": (1024, 24, 16),
     "medium": (1536, 48, 24),
@@ -103,14 +110,18 @@ def estimate(spec: Spec) -> dict[str, float]:
     per_token = d * (3 * 4 + 3 * a + 4 * a + 3 * a + 2 * a + 3 * (a + mask)) + f * (2 * a + mask)
     if full:
         per_token += d * 2 * a  # inputs of every linear are saved for weight gradients
-    layer_acts = per_token * tokens
+    layer_acts = ACTIVATION_OVERHEAD * per_token * tokens
     if spec.checkpointing:
         out["activations"] = layers * tokens * d * 4 + layer_acts  # layer inputs + one layer recomputed
     else:
         out["activations"] = layers * layer_acts
-    # logits (B, K, L, V): the heads' outputs and their stack (compute dtype), the fp32 log-softmax for the
-    # loss, and in the backward its gradient, the stacked gradient and the heads' gradients (fp32)
-    out["logits + loss"] = spec.batch * spec.codebooks * (frames + spec.codebooks) * VOCAB * (2 * a + 4 * 4)
+    # logits, one codebook at a time (the module never stacks them): every codebook's fp32 log-softmax is
+    # kept for the backward; one codebook's transients live at a time: its head output (plus the LoRA
+    # branch and the sum when the heads are adapted), the fp32 copy, and in the backward three fp32
+    # gradients of the same size
+    per_head = spec.batch * (frames + spec.codebooks) * VOCAB
+    transient = a * (3 if spec.lora_heads and not full else 1) + 4 + 3 * 4
+    out["logits + loss"] = LOGITS_OVERHEAD * per_head * (spec.codebooks * 4 + transient)
     out["text states"] = spec.batch * TEXT_TOKENS * spec.text_dim * 4 * 4
     if not spec.token_cache:
         samples = int(spec.seconds * 32000) * spec.batch
@@ -223,14 +234,12 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     model = config.get("model") or {}
     pretrained = str(model.get("pretrained"))
     if any(name in pretrained for name in ARCHS) and not Path(pretrained).exists():
-        import sys
         import tempfile
 
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-        from bench_train import model_config  # the real architecture at random init, real T5-base/EnCodec sizes
+        from musiclit.model.musicgen import real_config_dict  # the real architecture at random init
 
         tmp = Path(tempfile.mkdtemp()) / "config.json"
-        tmp.write_text(json.dumps(model_config(next(n for n in ARCHS if n in pretrained))))
+        tmp.write_text(json.dumps(real_config_dict(next(n for n in ARCHS if n in pretrained))))
         pretrained = str(tmp)
     lora = model.get("lora", {})
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -247,8 +256,8 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.bf16)
     for i in range(steps + 1):
         if i == 1 and device == "cpu":
-            before = _status("VmRSS")
             _reset_peak()
+            before = _status("VmRSS")
         elif i == 0 and device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
@@ -272,6 +281,12 @@ def _status(field: str) -> int:
 
 
 def _reset_peak() -> None:
+    # hand freed heap pages back first: otherwise the warm-up's freed activations stay resident and the
+    # increase measured after it misses them (the measurement then swings with the allocator's caching)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
 

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from musiclit.model.delay import build_delay_pattern, codebook_delays, masked_codebook_loss
+from musiclit.model.delay import build_delay_pattern, codebook_ce, codebook_delays
 from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune
 from musiclit.model.musicgen import load_musicgen
 from musiclit.optim import WarmupCosine
@@ -302,8 +302,14 @@ class MusicGenModule(L.LightningModule):
             encoder_attention_mask=text_mask,
             use_cache=False,
         ).last_hidden_state
-        logits = torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1)  # (B, K, L, V)
-        return masked_codebook_loss(logits, labels, mask)
+        # one codebook at a time: no stacked (B, K, L, V) copy of the logits in the forward or the backward
+        per_cb = torch.stack(
+            [
+                codebook_ce(head(hidden).flatten(0, 1), labels[:, k].flatten(), mask[:, k].flatten())
+                for k, head in enumerate(model.decoder.lm_heads)
+            ]
+        )
+        return per_cb.mean(), per_cb
 
     def _batch_loss(self, batch: dict[str, Any], cfg_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
         if "codes" in batch:

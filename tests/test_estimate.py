@@ -46,18 +46,35 @@ def test_estimate_command_labels_estimates(capsys):
 
 
 @pytest.mark.slow
-def test_estimate_against_a_cpu_measurement(tmp_path):
-    """Peak RSS increase over 3 real fp32 steps (after a warm-up) vs the estimate's step memory, within 1.5x."""
+@pytest.mark.parametrize(
+    ("dims", "lora", "data", "checkpointing"),
+    [
+        # the configuration the overhead factors were measured on
+        ((256, 4, 1024), {"r": 16, "target_modules": "all-linear", "lm_heads": True}, (2, 8.0), False),
+        # held out: other widths, depths, lengths, batch, LoRA targets, checkpointing
+        ((384, 3, 1536), {"r": 8, "target_modules": "qv"}, (1, 6.0), False),
+        ((192, 6, 768), {"r": 8, "target_modules": "attention"}, (3, 5.0), True),
+    ],
+)
+def test_estimate_against_a_cpu_measurement(tmp_path, dims, lora, data, checkpointing):
+    """Peak RSS increase over 3 real fp32 steps (after a warm-up) vs the estimate's step memory.
+
+    A memory planner must not under-predict (a run that was told it fits would crash): the measurement may
+    exceed the estimate by at most 25%; over-predicting wastes memory, not a run: at most 2x.
+    """
     from musiclit.model.musicgen import tiny_config_dict
 
+    hidden, layers, ffn = dims
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(tiny_config_dict(hidden_size=256, num_layers=4, num_heads=4, ffn_dim=1024)))
-    config = {"model": {"pretrained": str(path), "lora": {"r": 16, "target_modules": "all-linear", "lm_heads": True,
-                                                          "dropout": 0.05}},
-              "data": {"batch_size": 2, "segment_duration": 8.0}, "trainer": {"precision": "32-true"}}  # fmt: skip
+    path.write_text(json.dumps(tiny_config_dict(hidden_size=hidden, num_layers=layers, num_heads=4, ffn_dim=ffn)))
+    config = {
+        "model": {"pretrained": str(path), "lora": {**lora, "dropout": 0.05}, "gradient_checkpointing": checkpointing},
+        "data": {"batch_size": data[0], "segment_duration": data[1]},
+        "trainer": {"precision": "32-true"},
+    }
     parts = estimate(spec_from_config(config))
     predicted = step_memory(parts)
     measured = measure(config, steps=3)["peak_increase"]
     ratio = measured / predicted
     print(f"CPU check: predicted {predicted / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB, ratio {ratio:.2f}")
-    assert 1 / 1.5 < ratio < 1.5
+    assert 0.5 < ratio < 1.25

@@ -218,11 +218,10 @@ def test_fit_trains_on_the_prepared_dataset(messy, tiny_model_dir, tmp_path):
 
     _, out, _, _, _ = messy
     run = tmp_path / "run"
-    build_cli(
-        ["fit", "--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(out),
-         "--data.segment_duration", "2", "--data.num_workers", "0", "--trainer.max_steps", "2",
-         "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run),
-         "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]  # fmt: skip
-    )
+    args = ["fit", "--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(out),
+            "--data.segment_duration", "2", "--data.num_workers", "0", "--trainer.max_steps", "2",
+            "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run),
+            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]  # fmt: skip
+    build_cli(args)
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()

@@ -129,6 +129,27 @@ def test_dropped_text_equals_unconditional_generation_input(module):
     assert torch.equal(la, lb) and not torch.equal(la, lc)
 
 
+def test_module_loss_equals_masked_loss_on_transformers_logits(module):
+    """The training step's loss (its own decoder call, one head at a time) equals the oracle-tested masked
+    loss applied to the logits of transformers' standard forward on the same delayed inputs."""
+    from musiclit.model.delay import build_delay_pattern, masked_codebook_loss
+
+    module.eval()
+    torch.manual_seed(3)
+    codes = torch.randint(0, 2048, (2, 4, 9))
+    frame_mask = torch.ones(2, 9, dtype=torch.bool)
+    frame_mask[1, 6:] = False
+    text, text_mask = module.encode_text(["warm folk", "a longer caption with drums"])
+    text_mask[1] = 0  # one dropped caption
+    inputs, labels, mask = build_delay_pattern(codes, module.special_token, module.delays, frame_mask)
+    with torch.no_grad():
+        loss, per_cb = module(codes, frame_mask, text, text_mask)
+        logits = module.base(encoder_outputs=(text,), attention_mask=text_mask,
+                             decoder_input_ids=inputs.reshape(8, -1)).logits  # fmt: skip
+    want, want_cb = masked_codebook_loss(logits.reshape(2, 4, *logits.shape[1:]), labels, mask)
+    assert torch.allclose(loss, want, atol=1e-5) and torch.allclose(per_cb, want_cb, atol=1e-5)
+
+
 def test_text_cache_gives_identical_states(module):
     module._text_cache.clear()
     fresh, _ = module.encode_text(["slow piano", "a much longer caption about drums"])
@@ -247,7 +268,8 @@ def test_full_finetune_checkpoint_has_only_decoder(tiny_model_dir, tiny_dataset,
 
 
 def test_samples_are_logged_during_training(tiny_model_dir, tiny_dataset, tmp_path):
-    fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "1", "--samples.prompts", '["calm folk", "fast"]',
+    prompts = '["calm folk", "fast"]'
+    fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "1", "--samples.prompts", prompts,
         "--samples.seconds", "0.5", "--trainer.val_check_interval", "1")  # fmt: skip
     import soundfile as sf
 

@@ -53,33 +53,17 @@ VARIANTS = ("plain", "plain-bf16", "musiclit")
 ABLATIONS = ("musiclit-sharedrop", "musiclit-bf16frozen", "musiclit-fp32", "musiclit+codec", "musiclit+ckpt")
 LORA = {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "lm_heads": True}
 
-# EnCodec 32 kHz (musicgen's codec) and T5-base, at random init
-REAL_CODEC = {"sampling_rate": 32000, "audio_channels": 1, "hidden_size": 128, "num_filters": 64,
-              "num_residual_layers": 1, "num_lstm_layers": 2, "upsampling_ratios": [8, 5, 4, 4],
-              "codebook_size": 2048, "target_bandwidths": [2.2], "use_causal_conv": False, "normalize": False,
-              "chunk_length_s": None, "overlap": None}  # fmt: skip
-T5_BASE = {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12, "vocab_size": 32128}
 
 
 def model_config(name: str) -> dict[str, Any]:
     """A MusicGen config dict for a named benchmark configuration."""
-    from transformers import EncodecConfig, MusicgenConfig, T5Config
-
-    from musiclit.model.musicgen import real_decoder_config, tiny_config_dict
+    from musiclit.model.musicgen import real_config_dict, tiny_config_dict
 
     spec = CONFIGS[name]
-    dec = spec["decoder"]
-    if isinstance(dec, str):
-        real = real_decoder_config(dec)
-        dec = {"hidden_size": real["hidden_size"], "num_layers": real["num_hidden_layers"],
-               "num_heads": real["num_attention_heads"], "ffn_dim": real["ffn_dim"]}  # fmt: skip
-    config = tiny_config_dict(**dec, num_codebooks=4)
-    config["decoder"]["max_position_embeddings"] = 2048
     if spec["real_encoders"]:
-        t5 = T5Config(**T5_BASE).to_dict()
-        config = MusicgenConfig(text_encoder=t5, audio_encoder=EncodecConfig(**REAL_CODEC).to_dict(),
-                                decoder=config["decoder"]).to_dict()  # fmt: skip
-        config["decoder_start_token_id"] = config["pad_token_id"] = 2048
+        return real_config_dict(spec["decoder"])
+    config = tiny_config_dict(**spec["decoder"], num_codebooks=4)
+    config["decoder"]["max_position_embeddings"] = 2048
     return config
 
 

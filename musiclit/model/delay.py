@@ -84,12 +84,27 @@ def masked_codebook_loss(
         ``(loss, per_codebook)``: the scalar mean of the K codebook losses (equal weights) and the (K,)
         losses, each the mean CE over that codebook's valid positions in the whole batch.
     """
-    num_cb, vocab = logits.shape[1], logits.shape[-1]
-    per_codebook = []
-    for k in range(num_cb):
-        m = mask[:, k].reshape(-1)
-        target = labels[:, k].reshape(-1).masked_fill(~m, -100)  # the special token is not a class
-        total = F.cross_entropy(logits[:, k].reshape(-1, vocab).float(), target, ignore_index=-100, reduction="sum")
-        per_codebook.append(total / m.sum().clamp(min=1))
-    per_cb = torch.stack(per_codebook)
+    vocab = logits.shape[-1]
+    per_cb = torch.stack(
+        [
+            codebook_ce(logits[:, k].reshape(-1, vocab), labels[:, k].reshape(-1), mask[:, k].reshape(-1))
+            for k in range(logits.shape[1])
+        ]
+    )
     return per_cb.mean(), per_cb
+
+
+def codebook_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of one codebook over its valid positions.
+
+    Args:
+        logits: (N, V) scores (any float dtype; the loss is computed in float32).
+        labels: (N,) target ids (the special token where ``mask`` is False).
+        mask: (N,) bool, True where the target counts.
+
+    Returns:
+        Scalar: the sum of CE over valid positions divided by their number (0 when there are none).
+    """
+    target = labels.masked_fill(~mask, -100)  # the special token is not a class
+    total = F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum")
+    return total / mask.sum().clamp(min=1)

@@ -252,3 +252,35 @@ def real_decoder_config(name: str) -> dict[str, int]:
     out = dict(sizes[name])
     out["ffn_dim"] = 4 * out["hidden_size"]
     return out
+
+
+# EnCodec 32 kHz (MusicGen's codec) and T5-base: the released models' frozen encoders, for random-init builds
+REAL_CODEC: dict[str, Any] = {
+    "sampling_rate": 32000, "audio_channels": 1, "hidden_size": 128, "num_filters": 64,
+    "num_residual_layers": 1, "num_lstm_layers": 2, "upsampling_ratios": [8, 5, 4, 4],
+    "codebook_size": 2048, "target_bandwidths": [2.2], "use_causal_conv": False, "normalize": False,
+    "chunk_length_s": None, "overlap": None,
+}  # fmt: skip
+T5_BASE: dict[str, Any] = {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12,
+                           "vocab_size": 32128}  # fmt: skip
+
+
+def real_config_dict(decoder: str | dict[str, int]) -> dict[str, Any]:
+    """A full MusicGen config with real-sized T5-base and EnCodec and a released (or given) decoder size.
+
+    Args:
+        decoder: "small", "medium", "large", or ``tiny_config_dict`` decoder kwargs (hidden_size,
+            num_layers, num_heads, ffn_dim).
+    """
+    from transformers import EncodecConfig, MusicgenConfig, T5Config
+
+    if isinstance(decoder, str):
+        real = real_decoder_config(decoder)
+        decoder = {"hidden_size": real["hidden_size"], "num_layers": real["num_hidden_layers"],
+                   "num_heads": real["num_attention_heads"], "ffn_dim": real["ffn_dim"]}  # fmt: skip
+    dec = tiny_config_dict(**decoder, num_codebooks=4)["decoder"]
+    config = MusicgenConfig(
+        text_encoder=T5Config(**T5_BASE).to_dict(), audio_encoder=EncodecConfig(**REAL_CODEC).to_dict(), decoder=dec
+    ).to_dict()
+    config["decoder_start_token_id"] = config["pad_token_id"] = 2048
+    return config
