@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +20,11 @@ def save_adapter_atomic(model: Any, folder: str | Path) -> Path:
     The adapter is written into a temporary sibling folder and renamed into place, so a crash never
     leaves a half-written adapter that looks complete.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    from musiclit.export import atomic_folder
+
+    with atomic_folder(folder, force=True) as tmp:
         model.save_pretrained(tmp)
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 class AdapterExport(Callback):
