@@ -113,6 +113,8 @@ class MusicGenModule(L.LightningModule):
         share_lora_dropout: Draw one LoRA dropout mask per input tensor (q/k/v of self-attention, k/v of
             cross-attention, the K output heads) instead of one per adapted module: same dropout rate
             for every adapter, 20-25% faster steps on CPU (docs/benchmarks.md). False: peft's behaviour.
+        compile_layers: Compile every decoder layer with ``torch.compile`` (in place: checkpoint names do
+            not change). The first steps are slow while it compiles; measured in docs/benchmarks.md.
         optimizer: Optimiser factory (the configs use AdamW).
         scheduler: Learning-rate schedule factory (default: linear warm-up + cosine).
     """
@@ -129,6 +131,7 @@ class MusicGenModule(L.LightningModule):
         seed: int = 0,
         text_cache_size: int = 4096,
         share_lora_dropout: bool = True,
+        compile_layers: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosine,
     ) -> None:
@@ -171,6 +174,9 @@ class MusicGenModule(L.LightningModule):
             self.base.decoder.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=checkpoint_every_n_layers
             )
+        if compile_layers:
+            for layer in self.base.decoder.model.decoder.layers:
+                layer.compile()
 
     # ------------------------------------------------------------------ structure
     @property

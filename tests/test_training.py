@@ -331,3 +331,25 @@ def test_mixed_precisions_train(tiny_model_dir, tiny_dataset, tmp_path, precisio
     want = torch.bfloat16 if str(cli.trainer.precision).startswith("bf16") else torch.float32
     assert frozen.dtype == want and norm.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in cli.model.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_loss_and_checkpoint_names(tiny_model_dir):
+    torch.manual_seed(0)
+    codes = torch.randint(0, 2048, (2, 4, 8))
+    fm = torch.ones(2, 8, dtype=torch.bool)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        m = MusicGenModule(str(tiny_model_dir), lora=LoraSettings(init_lora_weights=False, dropout=0.0),
+                           compile_layers=compiled).eval()  # fmt: skip
+        text, mask = m.encode_text(["a", "bb"])
+        loss = m(codes, fm, text, mask)[0]
+        loss.backward()
+        results.append(
+            (loss.detach(), m.trainable_keys(), {k: p.grad for k, p in m.named_parameters() if p.grad is not None})
+        )
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    assert results[0][1] == results[1][1]
+    for k, g in results[0][2].items():
+        assert torch.allclose(g, results[1][2][k], atol=1e-5), k

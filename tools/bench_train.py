@@ -50,7 +50,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "large": {"decoder": "large", "real_encoders": True},
 }
 VARIANTS = ("plain", "plain-bf16", "musiclit")
-ABLATIONS = ("musiclit-sharedrop", "musiclit-bf16frozen", "musiclit-fp32", "musiclit+codec", "musiclit+ckpt")
+ABLATIONS = ("musiclit-sharedrop", "musiclit-bf16frozen", "musiclit-fp32", "musiclit+codec", "musiclit+ckpt",
+             "musiclit+compile")
 LORA = {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "lm_heads": True}
 
 
@@ -199,7 +200,8 @@ def run_worker(name: str, variant: str, args: argparse.Namespace) -> dict[str, A
         frozen = "bfloat16" if bf16 and variant != "musiclit-bf16frozen" else "float32"
         module = MusicGenModule(str(cfg_path), lora=LoraSettings(**LORA), cfg_dropout=0.3, frozen_dtype=frozen,
                                 share_lora_dropout=variant != "musiclit-sharedrop",
-                                gradient_checkpointing=variant == "musiclit+ckpt")  # fmt: skip
+                                gradient_checkpointing=variant == "musiclit+ckpt",
+                                compile_layers=variant == "musiclit+compile")  # fmt: skip
         module.setup("fit")
         module.to(device).train()
         pre_codes, pre_mask = module.encode_audio(audio, audio_mask)
