@@ -8,6 +8,7 @@ verbs have their own small parsers. Heavy libraries are imported only by the ver
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # verb -> (module, one-line help). Each module exposes ``main(argv: list[str]) -> int | None``.
@@ -52,12 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"musiclit: unknown verb '{verb}'.\n{USAGE}\nverbs: {', '.join(VERBS)}", file=sys.stderr)
         return 2
+    from musiclit.errors import MusiclitError
+
     module_name = VERBS[verb][0]
-    module = importlib.import_module(module_name)
-    if module_name in MULTI_VERB_MODULES:
-        result = module.main([verb, *rest])
-    else:
-        result = module.main(rest)
+    try:
+        module = importlib.import_module(module_name)
+        result = module.main([verb, *rest] if module_name in MULTI_VERB_MODULES else rest)
+    except MusiclitError as err:
+        if os.environ.get("MUSICLIT_DEBUG"):
+            raise
+        print(f"musiclit {verb}: error: {err}", file=sys.stderr)
+        print("(set MUSICLIT_DEBUG=1 for the full traceback)", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -37,13 +37,15 @@ from typing import Any
 
 import numpy as np
 
+from musiclit.errors import MusiclitError
+
 CACHE_FORMAT = 1
 CACHE_DIRNAME = ".musiclit-cache"
 SHARD_BYTES = 512 * 1024 * 1024  # a shard is closed (committed) when its codes reach this size
 SHARD_ENTRIES = 512  # ... or after this many clips, so an interrupted build keeps most of its work
 
 
-class CacheError(RuntimeError):
+class CacheError(MusiclitError, RuntimeError):
     """A token cache that cannot be used; the message names the folder and the problem."""
 
 

@@ -37,10 +37,12 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from musiclit.errors import MusiclitError
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
-class GenerateError(ValueError):
+class GenerateError(MusiclitError, ValueError):
     """A problem a user can fix; the message names the file and the problem."""
 
 

@@ -13,9 +13,10 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from musiclit.errors import ConfigError
 from musiclit.model.delay import build_delay_pattern, codebook_ce, codebook_delays
 from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune
-from musiclit.model.musicgen import load_musicgen
+from musiclit.model.musicgen import ModelLoadError, load_musicgen
 from musiclit.optim import WarmupCosine
 
 # checkpoints deliberately hold only trainable weights; on_load_checkpoint checks that they all match
@@ -137,7 +138,7 @@ class MusicGenModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if not 0.0 <= cfg_dropout <= 1.0:
-            raise ValueError(f"cfg_dropout must be in [0, 1], got {cfg_dropout}")
+            raise ConfigError(f"model.cfg_dropout must be in [0, 1], got {cfg_dropout}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -378,7 +379,7 @@ class MusicGenModule(L.LightningModule):
         want = self.trainable_keys()
         missing, unexpected = sorted(want - have), sorted(have - want)
         if missing or unexpected:
-            raise RuntimeError(
+            raise ModelLoadError(
                 "checkpoint does not match the model configuration: "
                 f"{len(missing)} trainable weights missing (e.g. {missing[:2]}), "
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); "

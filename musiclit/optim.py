@@ -7,6 +7,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from musiclit.errors import ConfigError
+
 
 class WarmupCosine(LambdaLR):
     """Linear warm-up from 0, then cosine decay to ``min_lr_ratio`` x the base learning rate.
@@ -26,7 +28,7 @@ class WarmupCosine(LambdaLR):
         min_lr_ratio: float = 0.1,
     ) -> None:
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+            raise ConfigError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.min_lr_ratio = min_lr_ratio

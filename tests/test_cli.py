@@ -73,3 +73,13 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir):
                "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", "last")  # fmt: skip
     assert out.returncode != 0
     assert "no checkpoint at" in out.stderr and "last.ckpt" in out.stderr
+
+
+def test_user_errors_are_one_clear_line_not_a_traceback(tmp_path, tiny_model_dir):
+    out = _run("fit", "--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(tmp_path / "missing"),
+               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "run"))  # fmt: skip
+    assert out.returncode == 2
+    assert f"musiclit fit: error: {tmp_path / 'missing'}: dataset folder not found" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = _run("fit", "--model.pretrained", str(tmp_path / "no-model"), "--data.data_dir", str(tmp_path))
+    assert out.returncode == 2 and "no-model: no such model folder or config file" in out.stderr

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from musiclit.errors import MusiclitError
 
-class AudioError(ValueError):
+
+class AudioError(MusiclitError, ValueError):
     """Audio that cannot be used; the message names the file and the problem."""
 
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from musiclit.errors import ConfigError, MusiclitError
 
-class CaptionError(ValueError):
+
+class CaptionError(MusiclitError, ValueError):
     """A caption JSON that cannot be used; the message names the file and the field."""
 
 
@@ -220,7 +222,7 @@ class CaptionDropout:
         for name in ("merge_prob", "drop_description_prob", "keep_field_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"CaptionDropout.{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"CaptionDropout.{name} must be in [0, 1], got {value}")
 
 
 def compose_caption(caption: Caption, rng: random.Random | None, dropout: CaptionDropout | None) -> str:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from musiclit.data.audio import AudioError, crop_or_pad, read_audio
 from musiclit.data.caption import Caption, CaptionDropout, compose_caption
 from musiclit.data.manifest import ClipEntry, ManifestError, load_dataset_entries
+from musiclit.errors import ConfigError
 
 
 class ClipDataset(Dataset):
@@ -217,9 +218,9 @@ class MusicDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 0.0 < min_segment_ratio <= 1.0:
-            raise ValueError(f"min_segment_ratio must be in (0, 1], got {min_segment_ratio}")
+            raise ConfigError(f"data.min_segment_ratio must be in (0, 1], got {min_segment_ratio}")
         if segment_duration <= 0:
-            raise ValueError(f"segment_duration must be > 0, got {segment_duration}")
+            raise ConfigError(f"data.segment_duration must be > 0, got {segment_duration}")
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers

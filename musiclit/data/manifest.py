@@ -20,13 +20,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from musiclit.data.caption import Caption, CaptionError
+from musiclit.errors import MusiclitError
 
 MANIFEST_NAME = "manifest.jsonl"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 SPLITS = ("train", "valid")
 
 
-class ManifestError(ValueError):
+class ManifestError(MusiclitError, ValueError):
     """A manifest or dataset folder that cannot be used; the message names the file and the problem."""
 
 

@@ -53,9 +53,7 @@ class TokenClipDataset(ClipDataset):
         **kwargs: :class:`ClipDataset` arguments (root, entries, segment_duration, ...).
     """
 
-    def __init__(
-        self, cache: TokenCache, keys: list[str], frame_rate: int, special_token: int, **kwargs: Any
-    ) -> None:
+    def __init__(self, cache: TokenCache, keys: list[str], frame_rate: int, special_token: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if len(keys) != len(self.entries):
             raise ValueError(f"{len(keys)} cache keys for {len(self.entries)} clips")
@@ -96,4 +94,3 @@ class TokenClipDataset(ClipDataset):
             "index": index,
             "offset": start,
         }
-

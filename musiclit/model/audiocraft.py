@@ -33,6 +33,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from musiclit.errors import MusiclitError
+
 DEC = "decoder.model.decoder."
 PROJ_AC = "condition_provider.conditioners.description.output_proj."
 PROJ_HF = "enc_to_dec_proj."
@@ -52,7 +54,7 @@ _ATTN = {"self_attn": "self_attn", "encoder_attn": "cross_attention"}
 _ATTN_BACK = {v: k for k, v in _ATTN.items()}
 
 
-class AudiocraftFormatError(ValueError):
+class AudiocraftFormatError(MusiclitError, ValueError):
     """Weights or a config that do not fit the audiocraft MusicGen layout."""
 
 

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from musiclit.errors import ConfigError
+
 # Decoder-layer leaves that can carry an adapter.
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -42,13 +44,13 @@ class LoraSettings:
         """The decoder-layer leaf names this setting adapts."""
         if isinstance(self.target_modules, str):
             if self.target_modules not in PRESETS:
-                raise ValueError(
-                    f"unknown LoRA preset '{self.target_modules}' (choose from {', '.join(PRESETS)} or a list)"
+                raise ConfigError(
+                    f"model.lora.target_modules: unknown preset '{self.target_modules}' (choose from {', '.join(PRESETS)} or a list)"
                 )
             return PRESETS[self.target_modules]
         unknown = sorted(set(self.target_modules) - set(DECODER_LINEARS))
         if unknown or not self.target_modules:
-            raise ValueError(f"LoRA target_modules {unknown or '[]'} are not decoder linears {DECODER_LINEARS}")
+            raise ConfigError(f"model.lora.target_modules: {unknown or '[]'} are not decoder linears {DECODER_LINEARS}")
         return tuple(self.target_modules)
 
     def target_regex(self) -> str:
@@ -76,7 +78,7 @@ def apply_lora(model: Any, settings: LoraSettings) -> Any:
     regex = settings.target_regex()
     names = [n for n, _ in model.named_modules() if re.fullmatch(regex, n)]
     if not names:
-        raise ValueError(f"LoRA targets {settings.leaves()} match no module of this model")
+        raise ConfigError(f"model.lora.target_modules: {settings.leaves()} match no module of this model")
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,

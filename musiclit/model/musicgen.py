@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
+from musiclit.errors import MusiclitError
+
 HUB_MODELS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(MusiclitError, RuntimeError):
     """A model that cannot be loaded; the message names the source and the problem."""
 
 

@@ -19,13 +19,14 @@ import re
 import string
 
 from musiclit.data.caption import FALLBACK_CAPTION, Caption
+from musiclit.errors import MusiclitError
 from musiclit.prep.labels import labels_to_caption_fields, tempo_word
 
 TEMPLATE_FIELDS = ("genre", "mood", "instruments", "bpm", "tempo_word", "key", "title", "artist", "album", "loudness")
 _GROUP = re.compile(r"\[([^\[\]]*)\]")
 
 
-class TemplateError(ValueError):
+class TemplateError(MusiclitError, ValueError):
     """A caption template that cannot be used."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from musiclit.data.audio import AudioError
 from musiclit.data.caption import Caption, CaptionError, write_json_atomic
 from musiclit.data.manifest import MANIFEST_NAME, ClipEntry, read_manifest, split_by_song, write_manifest
+from musiclit.errors import MusiclitError
 from musiclit.prep.captions import check_template, song_caption
 from musiclit.prep.config import PrepareConfig, QualityThresholds
 from musiclit.prep.scan import HashCache, Skip, SourceSong, scan_input, song_id_for
@@ -32,7 +33,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 LOSSLESS_FORMATS = ("WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(MusiclitError, RuntimeError):
     """``prepare`` cannot run at all (bad folders or settings); the message says why."""
 
 

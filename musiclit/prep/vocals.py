@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from musiclit.data.audio import AudioError
+from musiclit.errors import MusiclitError
 
 CONTEXT_S = 2.0
 CROSSFADE_S = 0.5
 
 
-class VocalsError(RuntimeError):
+class VocalsError(MusiclitError, RuntimeError):
     """The Demucs model cannot be loaded or run; the message says why."""
 
 
