@@ -211,6 +211,20 @@ def test_fit_resume_is_exact_and_checkpoints_hold_no_frozen_weights(tiny_model_d
     assert len(configs) == 2 and "pretrained: " + str(tiny_model_dir) in configs[0].read_text()
 
 
+def test_resume_is_exact_with_gradient_accumulation(tiny_model_dir, tiny_dataset, tmp_path):
+    """batch 1 x accumulation 2: a crash after 3 optimiser steps (6 micro-batches) resumes exactly."""
+    extra = ("--data.batch_size", "1", "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "5")
+    straight, first, second = LossRecorder(), CrashAfter(3), LossRecorder()
+    fit(tiny_model_dir, tiny_dataset, tmp_path / "a", *extra, recorder=straight)
+    assert len(straight.losses) == 10
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tiny_model_dir, tiny_dataset, tmp_path / "b", *extra, "--checkpoint.every_n_train_steps", "1",
+            recorder=first)  # fmt: skip
+    assert len(first.losses) == 6
+    fit(tiny_model_dir, tiny_dataset, tmp_path / "b", *extra, "--ckpt_path", "last", recorder=second)
+    assert first.losses + second.losses == straight.losses
+
+
 def test_loading_a_checkpoint_restores_trainable_weights(tiny_model_dir, tiny_dataset, tmp_path):
     cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "2")
     trained = {k: v.detach().clone() for k, v in cli.model.named_parameters() if v.requires_grad}
