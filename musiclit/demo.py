@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     result = generator.generate([prompt], params)
     wav = write_samples(generator, result, [prompt], params, out / "samples")[0]
     ok = True
-    if len(report.losses) >= 20:
+    if not report.losses:
+        print("\nthe demo run had already finished its steps (use --fresh to train again from scratch)")
+    elif len(report.losses) >= 20:
         k = max(5, len(report.losses) // 10)
         first, last = sum(report.losses[:k]) / k, sum(report.losses[-k:]) / k
         fell = last < first and math.isfinite(last)

@@ -45,7 +45,8 @@ class LoraSettings:
         if isinstance(self.target_modules, str):
             if self.target_modules not in PRESETS:
                 raise ConfigError(
-                    f"model.lora.target_modules: unknown preset '{self.target_modules}' (choose from {', '.join(PRESETS)} or a list)"
+                    f"model.lora.target_modules: unknown preset '{self.target_modules}' "
+                    f"(choose from {', '.join(PRESETS)} or a list)"
                 )
             return PRESETS[self.target_modules]
         unknown = sorted(set(self.target_modules) - set(DECODER_LINEARS))
