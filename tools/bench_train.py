@@ -50,10 +50,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "large": {"decoder": "large", "real_encoders": True},
 }
 VARIANTS = ("plain", "plain-bf16", "musiclit")
-ABLATIONS = ("musiclit-sharedrop", "musiclit-bf16frozen", "musiclit-fp32", "musiclit+codec", "musiclit+ckpt",
-             "musiclit+compile")
+ABLATIONS = (
+    "musiclit-sharedrop",
+    "musiclit-bf16frozen",
+    "musiclit-fp32",
+    "musiclit+codec",
+    "musiclit+ckpt",
+    "musiclit+compile",
+)
 LORA = {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "lm_heads": True}
-
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -300,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
     print(f"matmul ceiling: fp32 {ceiling['fp32'] / 1e9:.0f} GFLOP/s, bf16 {ceiling['bf16'] / 1e9:.0f} GFLOP/s")
     print(f"native bf16: {native_bf16()}; bf16 variants run in {resolve_dtype(args.dtype)}")
-    print(f"batch {args.batch} x {args.seconds:g} s, LoRA r{LORA['r']} all-linear + lm_heads, "
-          f"dropout {LORA['dropout']}")
+    print(
+        f"batch {args.batch} x {args.seconds:g} s, LoRA r{LORA['r']} all-linear + lm_heads, dropout {LORA['dropout']}"
+    )
     header = f"{'config':<7}{'variant':<21}{'dtype':<6}{'s/step':>8}{'x plain':>8}{'audio s/s':>10}{'frames/s':>10}"
     header += f"{'GFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}"
     print(header)
