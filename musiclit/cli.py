@@ -66,6 +66,8 @@ class MusicLitCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
                 "checkpoint.enable_version_counter": False,
                 "trainer.default_root_dir": DEFAULT_ROOT,
+                # the data module's sampler shards by rank itself (keyed, resumable); keep Lightning's out
+                "trainer.use_distributed_sampler": False,
             }
         )
         parser.add_lightning_class_args(AdapterExport, "adapter")

@@ -83,3 +83,14 @@ def test_user_errors_are_one_clear_line_not_a_traceback(tmp_path, tiny_model_dir
     assert "Traceback" not in out.stderr
     out = _run("fit", "--model.pretrained", str(tmp_path / "no-model"), "--data.data_dir", str(tmp_path))
     assert out.returncode == 2 and "no-model: no such model folder or config file" in out.stderr
+
+
+@pytest.mark.slow
+def test_fit_with_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, tiny_dataset):
+    out = _run("fit", "--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(tiny_dataset),
+               "--data.segment_duration", "2", "--data.num_workers", "0", "--trainer.max_steps", "2",
+               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+               "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+               timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -147,3 +147,17 @@ def test_datamodule_splits_by_song(tiny_dataset):
     batch = next(iter(dm.train_dataloader()))
     assert batch["audio"].shape == (2, 1, 64000) and batch["audio_mask"].shape == (2, 64000)
     assert len(batch["captions"]) == 2 and all(batch["captions"])
+
+
+@pytest.mark.parametrize(("size", "world"), [(10, 2), (7, 3), (5, 1)])
+def test_sampler_shards_by_rank(size, world):
+    """Ranks get disjoint shares of equal length that together cover every index (padded with repeats)."""
+    shares = [EpochSampler(size, shuffle=True, seed=4, rank=r, world_size=world) for r in range(world)]
+    for s in shares:
+        s.set_epoch(2)
+    orders = [[i for _, i in s] for s in shares]
+    assert len({len(o) for o in orders}) == 1 and len(orders[0]) == -(-size // world)
+    flat = [i for o in orders for i in o]
+    assert set(flat) == set(range(size)) and len(flat) - len(set(flat)) == len(flat) - size
+    single = EpochSampler(size, shuffle=True, seed=4)
+    assert sorted(set(flat)) == sorted(single.order(2))

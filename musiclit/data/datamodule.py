@@ -119,12 +119,21 @@ def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)``: a permutation keyed by ``(seed, epoch)`` (or in order), from ``start`` on."""
+    """Yields ``(epoch, index)``: a permutation keyed by ``(seed, epoch)`` (or in order), from ``start`` on.
 
-    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+    With several processes (DDP), each rank takes every ``world_size``-th index of the same permutation
+    (the permutation padded with its first indices to a multiple of ``world_size``), so ranks see disjoint
+    shares of equal length and resume at the same position.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
         self.size = size
         self.shuffle = shuffle
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start = 0
 
@@ -133,11 +142,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
 
     def order(self, epoch: int) -> list[int]:
-        """The order of the indices in ``epoch``."""
-        if not self.shuffle:
-            return list(range(self.size))
-        gen = np.random.default_rng([self.seed, epoch])
-        return gen.permutation(self.size).tolist()
+        """The order of this rank's indices in ``epoch``."""
+        if self.shuffle:
+            full = np.random.default_rng([self.seed, epoch]).permutation(self.size).tolist()
+        else:
+            full = list(range(self.size))
+        if self.world_size == 1:
+            return full
+        padded = full + full[: len(self) * self.world_size - self.size]
+        return padded[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, start = self.epoch, self.start
@@ -145,7 +158,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return iter([(epoch, i) for i in self.order(epoch)[start:]])
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.world_size)
 
 
 class ResumableLoader(DataLoader):
@@ -296,10 +309,12 @@ class MusicDataModule(L.LightningDataModule):
         self.valid_set = ClipDataset(entries=valid, random_crop=False, caption_dropout=None, **common)
 
     def _loader(self, dataset: ClipDataset, shuffle: bool) -> ResumableLoader:
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         collate = getattr(dataset, "collate", collate_clips)  # token datasets bring their own
         return ResumableLoader(
             dataset,
-            EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed),
+            EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,
