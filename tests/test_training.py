@@ -368,3 +368,22 @@ def test_compiled_layers_give_the_same_loss_and_checkpoint_names(tiny_model_dir)
     assert results[0][1] == results[1][1]
     for k, g in results[0][2].items():
         assert torch.allclose(g, results[1][2][k], atol=1e-5), k
+
+
+def test_stereo_models_train_on_interleaved_left_right_codes(tiny_dataset, tmp_path):
+    """A stereo MusicGen (8 codebooks, left/right interleaved, delays 0,0,1,1,...) trains on 2-channel audio."""
+    from musiclit.model.musicgen import create_tiny_model_folder
+
+    model_dir = create_tiny_model_folder(tmp_path / "stereo", audio_channels=2)
+    recorder = LossRecorder()
+    cli = fit(model_dir, tiny_dataset, tmp_path / "run", "--trainer.max_steps", "2", recorder=recorder)
+    module = cli.model
+    assert module.num_codebooks == 8 and module.delays == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert cli.datamodule.channels == 2
+    assert len(recorder.losses) == 2 and all(torch.isfinite(torch.tensor(recorder.losses)))
+    left, right = torch.randn(1, 1, 32000), torch.randn(1, 1, 32000)
+    mask = torch.ones(1, 32000, dtype=torch.bool)
+    codes, _ = module.encode_audio(torch.cat([left, right], dim=1), mask)
+    mono_l, _ = module.encode_audio(torch.cat([left, left], dim=1), mask)
+    mono_r, _ = module.encode_audio(torch.cat([right, right], dim=1), mask)
+    assert torch.equal(codes[:, 0::2], mono_l[:, 0::2]) and torch.equal(codes[:, 1::2], mono_r[:, 1::2])

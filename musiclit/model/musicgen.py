@@ -53,6 +53,7 @@ def tiny_config_dict(
     ffn_dim: int = 64,
     num_codebooks: int = 4,
     text_dim: int = 32,
+    audio_channels: int = 1,
 ) -> dict[str, Any]:
     """The tiny MusicGen-architecture config (50 Hz, 32 kHz, 2048-entry codebooks), as a JSON-able dict."""
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
@@ -84,7 +85,8 @@ def tiny_config_dict(
         ).to_dict(),
         decoder=MusicgenDecoderConfig(
             vocab_size=2048,
-            num_codebooks=num_codebooks,
+            num_codebooks=num_codebooks * audio_channels,
+            audio_channels=audio_channels,
             hidden_size=hidden_size,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
