@@ -1,4 +1,9 @@
-"""Sampling audio from a MusicGen model (used by in-training samples and the demo)."""
+"""Short samples from the model being trained (the SampleLogger callback).
+
+This goes through transformers' own ``generate`` on the training model as it is (its device, dtypes and
+adapters untouched), under the trainer's autocast. Generation for users (long audio, adapter strength,
+exact regeneration, fast KV-cached sampling) is :mod:`musiclit.generate`, which owns its model.
+"""
 
 from __future__ import annotations
 
