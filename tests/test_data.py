@@ -161,3 +161,22 @@ def test_sampler_shards_by_rank(size, world):
     assert set(flat) == set(range(size)) and len(flat) - len(set(flat)) == len(flat) - size
     single = EpochSampler(size, shuffle=True, seed=4)
     assert sorted(set(flat)) == sorted(single.order(2))
+
+
+def test_length_buckets_reorder_within_the_epoch_and_cut_padding():
+    """Bucketing only reorders the epoch, keeps it keyed, and groups short clips: fewer padded frames."""
+    lengths = [2.0 if i % 2 else 8.0 for i in range(64)]  # half short clips, half full segments
+    plain = EpochSampler(64, shuffle=True, seed=1)
+    bucketed = EpochSampler(64, shuffle=True, seed=1, lengths=lengths, batch_size=4, bucket_batches=8)
+    for s in (plain, bucketed):
+        s.set_epoch(3)
+    a, b = [i for _, i in plain], [i for _, i in bucketed]
+    assert sorted(a) == sorted(b) == list(range(64)) and a != b
+    assert b == [i for _, i in bucketed]  # same epoch, same order
+
+    def padded_seconds(order):  # each batch is trimmed to its longest clip
+        batches = [order[j : j + 4] for j in range(0, 64, 4)]
+        return sum(len(x) * max(lengths[i] for i in x) - sum(lengths[i] for i in x) for x in batches)
+
+    assert padded_seconds(b) < 0.2 * padded_seconds(a)
+    print(f"padded seconds per epoch: {padded_seconds(a):.0f} unbucketed -> {padded_seconds(b):.0f} bucketed")

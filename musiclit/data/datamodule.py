@@ -124,16 +124,35 @@ class EpochSampler(Sampler[tuple[int, int]]):
     With several processes (DDP), each rank takes every ``world_size``-th index of the same permutation
     (the permutation padded with its first indices to a multiple of ``world_size``), so ranks see disjoint
     shares of equal length and resume at the same position.
+
+    With ``lengths`` (seconds of real audio per example) and a batch size, a shuffled order is bucketed:
+    each run of ``batch_size x bucket_batches`` indices is sorted by length, cut into batches, and the
+    batches shuffled (keyed too), so short clips share batches and batches are trimmed to less padding.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: Sequence[float] | None = None,
+        batch_size: int = 1,
+        bucket_batches: int = 32,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
+        if lengths is not None and len(lengths) != size:
+            raise ValueError(f"{len(lengths)} lengths for {size} examples")
         self.size = size
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.lengths = None if lengths is None else list(lengths)
+        self.batch_size = batch_size
+        self.bucket_batches = bucket_batches
         self.epoch = 0
         self.start = 0
 
@@ -147,10 +166,26 @@ class EpochSampler(Sampler[tuple[int, int]]):
             full = np.random.default_rng([self.seed, epoch]).permutation(self.size).tolist()
         else:
             full = list(range(self.size))
-        if self.world_size == 1:
-            return full
-        padded = full + full[: len(self) * self.world_size - self.size]
-        return padded[self.rank :: self.world_size]
+        share = full
+        if self.world_size > 1:
+            padded = full + full[: len(self) * self.world_size - self.size]
+            share = padded[self.rank :: self.world_size]
+        if self.lengths is None or not self.shuffle or self.batch_size <= 1:
+            return share
+        return self._bucket(share, epoch)
+
+    def _bucket(self, share: list[int], epoch: int) -> list[int]:
+        lengths, bs = self.lengths, self.batch_size
+        assert lengths is not None
+        rng = np.random.default_rng([self.seed, epoch, 1 + self.rank])
+        span = bs * max(1, self.bucket_batches)
+        out: list[int] = []
+        for first in range(0, len(share), span):
+            chunk = sorted(share[first : first + span], key=lambda i: lengths[i])
+            batches = [chunk[j : j + bs] for j in range(0, len(chunk), bs)]
+            for b in rng.permutation(len(batches)):
+                out.extend(batches[b])
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, start = self.epoch, self.start
@@ -210,6 +245,8 @@ class MusicDataModule(L.LightningDataModule):
         cache_dir: Root of the token cache (default ``<data_dir>/.musiclit-cache``, or the user cache
             folder when the dataset is read-only); one sub-folder per codec, shared by runs.
         cache_verify: Re-hash every audio file instead of trusting an unchanged (path, size, mtime).
+        bucket_by_length: Put clips of similar length into the same training batch (with the token cache,
+            batches are trimmed to their longest crop, so short clips then cost less padding).
     """
 
     def __init__(
@@ -228,6 +265,7 @@ class MusicDataModule(L.LightningDataModule):
         token_cache: bool = True,
         cache_dir: str | None = None,
         cache_verify: bool = False,
+        bucket_by_length: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 < min_segment_ratio <= 1.0:
@@ -248,6 +286,7 @@ class MusicDataModule(L.LightningDataModule):
         self.token_cache = token_cache
         self.cache_dir = cache_dir
         self.cache_verify = cache_verify
+        self.bucket_by_length = bucket_by_length
         self.tokenizer: Any = None
         self.cache: Any = None
         self.train_set: ClipDataset | None = None
@@ -312,9 +351,14 @@ class MusicDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         collate = getattr(dataset, "collate", collate_clips)  # token datasets bring their own
+        lengths = None
+        if shuffle and self.bucket_by_length:
+            lengths = [min(e.duration, self.segment_duration) for e in dataset.entries]
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
+                               lengths=lengths, batch_size=self.batch_size)  # fmt: skip
         return ResumableLoader(
             dataset,
-            EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world),
+            sampler,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,
