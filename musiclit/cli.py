@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,34 @@ def quiet_libraries() -> None:
     # a run folder is reused on resume by design
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 matmuls are emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: Any, accelerator: Any) -> tuple[Any, str | None]:
+    """``bf16-mixed`` where the hardware supports it, else the best alternative, and why.
+
+    One config serves every machine: on a GPU without bf16 (pre-Ampere) it becomes ``16-mixed``; on a CPU
+    without native bf16 (where bf16 matmuls run several times slower than fp32) it becomes ``32-true``.
+    """
+    if str(precision) != "bf16-mixed" or not isinstance(accelerator, str):
+        return precision, None
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return precision, None
+        return "16-mixed", "this GPU has no bf16 support: training with precision 16-mixed"
+    if accelerator in ("auto", "cpu") and not cpu_has_bf16():
+        return "32-true", "this CPU has no native bf16 (bf16 would be several times slower): training in 32-true"
+    return precision, None
 
 
 class MusicLitCLI(LightningCLI):
@@ -90,6 +119,10 @@ class MusicLitCLI(LightningCLI):
             ]
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(root / "checkpoints")
+        precision, why = resolve_precision(config.trainer.precision, config.trainer.accelerator)
+        if why:
+            print(f"musiclit: {why} (set trainer.precision explicitly to another value to choose)", file=sys.stderr)
+            config.trainer.precision = precision
         ckpt = config.get("ckpt_path")
         if ckpt == "last":
             last = Path(config.checkpoint.dirpath) / "last.ckpt"

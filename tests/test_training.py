@@ -335,7 +335,8 @@ def test_lora_checkpoint_of_real_architectures_is_megabytes(arch, limit_mb):
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-def test_mixed_precisions_train(tiny_model_dir, tiny_dataset, tmp_path, precision):
+def test_mixed_precisions_train(tiny_model_dir, tiny_dataset, tmp_path, precision, monkeypatch):
+    monkeypatch.setattr("musiclit.cli.cpu_has_bf16", lambda: True)  # exercise bf16 even on an AVX2-only CPU
     recorder = LossRecorder()
     cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "2", "--trainer.precision", precision,
               recorder=recorder)  # fmt: skip
@@ -387,3 +388,17 @@ def test_stereo_models_train_on_interleaved_left_right_codes(tiny_dataset, tmp_p
     mono_l, _ = module.encode_audio(torch.cat([left, left], dim=1), mask)
     mono_r, _ = module.encode_audio(torch.cat([right, right], dim=1), mask)
     assert torch.equal(codes[:, 0::2], mono_l[:, 0::2]) and torch.equal(codes[:, 1::2], mono_r[:, 1::2])
+
+
+def test_bf16_falls_back_where_the_hardware_lacks_it(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch, capsys):
+    from musiclit.cli import resolve_precision
+
+    monkeypatch.setattr("musiclit.cli.cpu_has_bf16", lambda: False)
+    cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "1", "--trainer.precision", "bf16-mixed")
+    assert str(cli.trainer.precision) == "32-true"
+    assert "no native bf16" in capsys.readouterr().err
+    saved = next((tmp_path / "logs").glob("version_*/config.yaml")).read_text()
+    assert "precision: 32-true" in saved  # the run folder records what really ran
+    assert resolve_precision("16-mixed", "cpu") == ("16-mixed", None)  # explicit choices are kept
+    monkeypatch.setattr("musiclit.cli.cpu_has_bf16", lambda: True)
+    assert resolve_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)
