@@ -18,12 +18,14 @@ demo: $(STAMP)
 	$(PY) -m musiclit demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not gpu" -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow" -q -x
 
 lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check musiclit tests tools
 	$(VENV)/bin/ruff format --check musiclit tests tools
 

@@ -1,8 +1,12 @@
 """``python -m musiclit <verb>``: one entry point for every command.
 
-Training verbs (fit, validate, test, predict) go to the LightningCLI in :mod:`musiclit.cli`; the other
-verbs have their own small parsers. Heavy libraries are imported only by the verb that needs them, so
-``--help`` stays fast.
+Each verb is a function in :mod:`musiclit.commands` (argument parsing, printing, exit codes); the work is
+done by the layers below it (see docs/architecture.md). A verb's module is imported only when that verb
+runs, and command modules import heavy libraries (torch, Lightning, transformers) only inside the code
+that needs them, so ``--help`` stays fast.
+
+Every error a user can fix is a :class:`~musiclit.errors.MusiclitError`: it is printed here as one line
+that names the file or option and the problem, with exit code 2 (``MUSICLIT_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -11,21 +15,18 @@ import importlib
 import os
 import sys
 
-# verb -> (module, one-line help). Each module exposes ``main(argv: list[str]) -> int | None``.
+# verb -> ("module:function", one-line help). The function takes the verb's arguments and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
-    "prepare": ("musiclit.prep.cli", "turn a folder of songs into a labelled, chunked 32 kHz dataset"),
-    "fit": ("musiclit.cli", "fine-tune MusicGen (LightningCLI; --config x.yaml, --ckpt_path last resumes)"),
-    "validate": ("musiclit.cli", "run the validation loop on a checkpoint"),
-    "generate": ("musiclit.generate", "generate music with a base model, an adapter or a merged model"),
-    "export": ("musiclit.export", "export a checkpoint/adapter to peft, merged transformers or audiocraft format"),
-    "import": ("musiclit.export", "import an audiocraft-format fine-tune into a transformers model folder"),
-    "cache": ("musiclit.cache", "encode a dataset once into the codec token cache"),
-    "estimate": ("musiclit.estimate", "predict (and on a GPU measure) peak GPU memory of a config"),
-    "demo": ("musiclit.demo", "offline demo: synthesize data, fine-tune a tiny model, generate a WAV"),
+    "prepare": ("musiclit.commands.prepare:main", "turn a folder of songs into a labelled, chunked 32 kHz dataset"),
+    "fit": ("musiclit.commands.fit:fit", "fine-tune MusicGen (--config x.yaml; --ckpt_path last resumes)"),
+    "validate": ("musiclit.commands.fit:validate", "run the validation loop on a checkpoint"),
+    "generate": ("musiclit.commands.generate:main", "generate music with a base model, an adapter or a merged model"),
+    "export": ("musiclit.commands.export:export", "export a checkpoint/adapter to peft, merged or audiocraft format"),
+    "import": ("musiclit.commands.export:import_", "import an audiocraft-format fine-tune as a transformers model"),
+    "cache": ("musiclit.commands.cache:main", "encode a dataset once into the codec token cache"),
+    "estimate": ("musiclit.commands.estimate:main", "predict (and on a GPU measure) peak GPU memory of a config"),
+    "demo": ("musiclit.commands.demo:main", "offline demo: synthesize data, fine-tune a tiny model, generate a WAV"),
 }
-
-# modules that serve several verbs get the verb as argv[0]
-MULTI_VERB_MODULES = ("musiclit.cli", "musiclit.export")
 
 USAGE = "usage: python -m musiclit <verb> [options]    (python -m musiclit <verb> --help for a verb's options)"
 
@@ -39,7 +40,7 @@ def _print_help() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``argv`` (default: ``sys.argv[1:]``) to the verb's module and return its exit code."""
+    """Dispatch ``argv`` (default: ``sys.argv[1:]``) to the verb's function and return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print_help()
@@ -55,10 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from musiclit.errors import MusiclitError
 
-    module_name = VERBS[verb][0]
+    module_name, function = VERBS[verb][0].split(":")
     try:
-        module = importlib.import_module(module_name)
-        result = module.main([verb, *rest] if module_name in MULTI_VERB_MODULES else rest)
+        result = getattr(importlib.import_module(module_name), function)(rest)
     except MusiclitError as err:
         if os.environ.get("MUSICLIT_DEBUG"):
             raise

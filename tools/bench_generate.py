@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build(arch: str, device: str, dtype: str):
-    from musiclit.generate import FineTune, Generator
+    from musiclit.infer.sampler import Generator
+    from musiclit.model.finetune import FineTune
     from musiclit.model.musicgen import build_from_config, describe, real_decoder_config, tiny_config_dict
 
     config = tiny_config_dict()
@@ -35,7 +36,7 @@ def build(arch: str, device: str, dtype: str):
 def bench(gen, batch: int, seconds: float, repeats: int) -> dict[str, float]:
     import torch
 
-    from musiclit.generate import GenerationParams
+    from musiclit.infer.sampler import GenerationParams
 
     prompts = [f"prompt number {i}" for i in range(batch)]
     params = GenerationParams(seconds=seconds, window_seconds=30.0)
@@ -67,7 +68,7 @@ def bench(gen, batch: int, seconds: float, repeats: int) -> dict[str, float]:
 def main() -> int:
     import torch
 
-    from musiclit.cli import quiet_libraries
+    from musiclit.io import quiet_libraries
 
     quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

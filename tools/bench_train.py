@@ -147,7 +147,7 @@ def run_worker(name: str, variant: str, args: argparse.Namespace) -> dict[str, A
     import numpy as np
     import torch
 
-    from musiclit.cli import quiet_libraries
+    from musiclit.io import quiet_libraries
     from musiclit.model.delay import build_delay_pattern
 
     quiet_libraries()
@@ -200,7 +200,7 @@ def run_worker(name: str, variant: str, args: argparse.Namespace) -> dict[str, A
         attn = model.get_base_model().decoder.config._attn_implementation
     else:
         from musiclit.model.lora import LoraSettings
-        from musiclit.module import MusicGenModule
+        from musiclit.train.module import MusicGenModule
 
         frozen = "bfloat16" if bf16 and variant != "musiclit-bf16frozen" else "float32"
         module = MusicGenModule(str(cfg_path), lora=LoraSettings(**LORA), cfg_dropout=0.3, frozen_dtype=frozen,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from musiclit.errors import MusiclitError
+from musiclit.io import atomic_path
 
 
 class AudioError(MusiclitError, ValueError):
@@ -108,11 +109,9 @@ def write_audio(path: str | os.PathLike[str], wav: np.ndarray, sample_rate: int)
     import soundfile as sf
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
     if fmt is None:
         raise AudioError(f"{path}: unsupported output format (use .wav, .flac or .ogg)")
     subtype = "PCM_16" if fmt == "FLAC" else ("VORBIS" if fmt == "OGG" else "FLOAT")
-    sf.write(str(tmp), np.asarray(wav, dtype=np.float32).T, sample_rate, format=fmt, subtype=subtype)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.asarray(wav, dtype=np.float32).T, sample_rate, format=fmt, subtype=subtype)

@@ -16,12 +16,12 @@ import json
 import math
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from musiclit.errors import ConfigError, MusiclitError
+from musiclit.io import atomic_write_json
 
 
 class CaptionError(MusiclitError, ValueError):
@@ -167,7 +167,7 @@ class Caption:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the caption as JSON, atomically (a crash never leaves half a file)."""
-        write_json_atomic(path, self.to_dict())
+        atomic_write_json(path, self.to_dict())
 
     # ------------------------------------------------------------------ text
     def metadata_phrases(self) -> dict[str, str]:
@@ -253,18 +253,3 @@ def compose_caption(caption: Caption, rng: random.Random | None, dropout: Captio
         # everything was dropped: never train on an empty caption by accident
         parts.append(description if description else next(iter(phrases.values())))
     return ". ".join(parts)
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as pretty JSON to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

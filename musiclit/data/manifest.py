@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from musiclit.data.caption import Caption, CaptionError
 from musiclit.errors import MusiclitError
+from musiclit.io import atomic_write_text
 
 MANIFEST_NAME = "manifest.jsonl"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -110,17 +110,7 @@ def _entry_from_dict(data: dict, where: str) -> ClipEntry:
 
 def write_manifest(path: str | os.PathLike[str], entries: Iterable[ClipEntry]) -> None:
     """Write a JSONL manifest atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for entry in entries:
-                fh.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
 
 
 def scan_dataset(root: str | os.PathLike[str]) -> list[ClipEntry]:

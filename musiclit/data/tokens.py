@@ -1,6 +1,6 @@
 """Clips served from the codec token cache: a fresh random crop of cached codes per (epoch, index).
 
-The crop comes from the same keyed random source as :class:`~musiclit.data.datamodule.ClipDataset`
+The crop comes from the same keyed random source as :class:`~musiclit.data.datasets.ClipDataset`
 (same start in seconds, same caption dropout), converted to a frame index with
 ``round(start * frame_rate)``. What the cached path trains on, precisely:
 
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from musiclit.cache import TokenCache
+from musiclit.data.cache import TokenCache
 from musiclit.data.caption import compose_caption
-from musiclit.data.datamodule import ClipDataset
+from musiclit.data.datasets import ClipDataset
 
 
 def collate_tokens(items: list[dict[str, Any]]) -> dict[str, Any]:

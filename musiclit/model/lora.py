@@ -1,10 +1,13 @@
-"""LoRA adapters (peft) on the MusicGen decoder, and freezing for full fine-tuning."""
+"""LoRA adapters (peft) on the MusicGen decoder, shared LoRA dropout masks, and freezing for full fine-tuning."""
 
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from musiclit.errors import ConfigError
 
@@ -106,3 +109,71 @@ def base_model(model: Any) -> Any:
     from peft import PeftModel
 
     return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+class SharedInputDropout(torch.nn.Dropout):
+    """Dropout that gives the same output (the same mask) when called again on the very same tensor.
+
+    peft draws a separate dropout mask on the input of every adapted module; q/k/v read one tensor (and
+    the K output heads another), so it draws and applies three (or K) masks on identical inputs. Sharing
+    one module between them draws one: each adapter still sees dropout p on its input, the masks are just
+    the same across projections of the same input. A new input tensor (or an in-place change) gets a new
+    mask; gradient checkpointing replays the RNG, so the recomputed mask is the same.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__(p)
+        self._last: tuple[Any, int, torch.Tensor] | None = None
+
+    def _forget(self, ref: Any) -> None:
+        if self._last is not None and self._last[0] is ref:
+            self._last = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        last = self._last
+        if last is not None and last[0]() is x and last[1] == x._version:
+            return last[2]
+        out = torch.nn.functional.dropout(x, self.p, True)
+        self._last = (weakref.ref(x, self._forget), x._version, out)  # freed with its input
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_last"] = None
+        return state
+
+
+# adapted leaves that read the same tensor: one dropout mask per group
+_SHARED_INPUT_GROUPS = (
+    r"(.*\.layers\.\d+\.self_attn)\.(q_proj|k_proj|v_proj)",
+    r"(.*\.layers\.\d+\.encoder_attn)\.(k_proj|v_proj)",
+    r"(.*\.lm_heads)\.\d+",
+)
+
+
+def share_dropout_masks(model: Any) -> int:
+    """Give peft LoRA layers that read the same input one shared :class:`SharedInputDropout`; returns the
+    number of dropout modules that were replaced by a shared one."""
+    groups: dict[tuple[str, str, float], SharedInputDropout] = {}
+    replaced = 0
+    for name, module in model.named_modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict):
+            continue
+        for pattern in _SHARED_INPUT_GROUPS:
+            match = re.fullmatch(pattern, name)
+            if match is None:
+                continue
+            for adapter, drop in list(dropouts.items()):
+                if not isinstance(drop, torch.nn.Dropout) or drop.p == 0.0:
+                    continue
+                key = (match.group(1), adapter, float(drop.p))
+                if key not in groups:
+                    groups[key] = SharedInputDropout(drop.p)
+                else:
+                    replaced += 1
+                dropouts[adapter] = groups[key]
+            break
+    return replaced

@@ -5,12 +5,13 @@ Clips of song ``<song_id>`` go to ``clips/<song_id>/<song_id>_<index:04d>.<ext>`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from musiclit.io import atomic_path
 
 
 class AudioSource(Protocol):
@@ -104,12 +105,10 @@ def write_clip(path: Path, audio: np.ndarray, rate: int, subtype: str) -> None:
     """Write (channels, n) audio atomically (WAV or FLAC by suffix)."""
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
     data = np.clip(audio, -1.0, 1.0) if subtype != "FLOAT" else audio
-    sf.write(str(tmp), np.ascontiguousarray(data.T), rate, format=fmt, subtype=subtype)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.ascontiguousarray(data.T), rate, format=fmt, subtype=subtype)
 
 
 def write_chunks(

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from musiclit.data.audio import AudioError
-from musiclit.data.caption import Caption, CaptionError, write_json_atomic
+from musiclit.data.caption import Caption, CaptionError
 from musiclit.data.manifest import MANIFEST_NAME, ClipEntry, read_manifest, split_by_song, write_manifest
 from musiclit.errors import MusiclitError
+from musiclit.io import atomic_write_json
 from musiclit.prep.captions import check_template, song_caption
 from musiclit.prep.config import PrepareConfig, QualityThresholds
 from musiclit.prep.scan import HashCache, Skip, SourceSong, scan_input, song_id_for
@@ -295,7 +296,7 @@ class StateStore:
 
     def save(self, sha: str, state: dict) -> None:
         if not self.read_only:
-            write_json_atomic(self.folder / f"{sha}.json", state)
+            atomic_write_json(self.folder / f"{sha}.json", state)
 
     def all(self) -> Iterable[tuple[str, dict]]:
         if self.folder.is_dir():
@@ -540,7 +541,7 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
     if dry:
         say(format_report(report))
     else:
-        write_json_atomic(out / "report.json", report)
+        atomic_write_json(out / "report.json", report)
         (out / "report.txt").write_text(format_report(report), encoding="utf-8")
         shutil.rmtree(out / STATE_DIR / "tmp", ignore_errors=True)
     return report
@@ -652,7 +653,7 @@ def _split(entries: list[ClipEntry], out: Path, config: PrepareConfig) -> list[C
     for e in entries:
         e.split = previous.get(e.song_id)  # songs of earlier runs keep their side; new songs are assigned
     result = split_by_song(entries, config.valid_fraction, config.seed)
-    write_json_atomic(split_file, {"settings": settings, "songs": {e.song_id: e.split for e in result}})
+    atomic_write_json(split_file, {"settings": settings, "songs": {e.song_id: e.split for e in result}})
     return result
 
 

@@ -6,19 +6,18 @@ The input folder is only ever opened for reading.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from musiclit.data.caption import Caption, CaptionError
+from musiclit.io import atomic_write_json, file_sha256
 
 # Audio that soundfile (libsndfile 1.2) decodes; other audio-looking files are reported as unsupported.
 DECODABLE_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".w64", ".rf64", ".caf")
 UNSUPPORTED_AUDIO_EXTENSIONS = (".m4a", ".aac", ".mp4", ".wma", ".opus", ".ape", ".alac", ".ac3", ".mka", ".webm")
 SIDECAR_EXTENSIONS = (".txt", ".json")
-HASH_BLOCK = 1 << 20
 
 
 @dataclass
@@ -61,15 +60,6 @@ class SourceSong:
     user_source: str | None = None
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class HashCache:
     """Content hashes remembered by (path, size, mtime), so that a re-run does not re-read every file."""
 
@@ -96,9 +86,7 @@ class HashCache:
     def save(self) -> None:
         """Write the cache (no-op without a path)."""
         if self.path is not None:
-            from musiclit.data.caption import write_json_atomic
-
-            write_json_atomic(self.path, self.data)
+            atomic_write_json(self.path, self.data)
 
 
 def read_descriptions_csv(path: Path) -> dict[str, str]:
@@ -235,7 +223,6 @@ __all__ = [
     "HashCache",
     "Skip",
     "SourceSong",
-    "file_sha256",
     "read_descriptions_csv",
     "scan_input",
     "slugify",

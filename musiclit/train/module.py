@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import warnings
-import weakref
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -14,84 +12,18 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from musiclit.errors import ConfigError
-from musiclit.model.delay import build_delay_pattern, codebook_ce, codebook_delays
-from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune
+from musiclit.model.codec import encode_audio
+from musiclit.model.delay import codebook_delays
+from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune, share_dropout_masks
+from musiclit.model.loss import musicgen_loss
 from musiclit.model.musicgen import ModelLoadError, load_musicgen
-from musiclit.optim import WarmupCosine
+from musiclit.train.optim import WarmupCosine
 
 # checkpoints deliberately hold only trainable weights; on_load_checkpoint checks that they all match
 warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
 
 FrozenDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class SharedInputDropout(torch.nn.Dropout):
-    """Dropout that gives the same output (the same mask) when called again on the very same tensor.
-
-    peft draws a separate dropout mask on the input of every adapted module; q/k/v read one tensor (and
-    the K output heads another), so it draws and applies three (or K) masks on identical inputs. Sharing
-    one module between them draws one: each adapter still sees dropout p on its input, the masks are just
-    the same across projections of the same input. A new input tensor (or an in-place change) gets a new
-    mask; gradient checkpointing replays the RNG, so the recomputed mask is the same.
-    """
-
-    def __init__(self, p: float) -> None:
-        super().__init__(p)
-        self._last: tuple[Any, int, torch.Tensor] | None = None
-
-    def _forget(self, ref: Any) -> None:
-        if self._last is not None and self._last[0] is ref:
-            self._last = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        last = self._last
-        if last is not None and last[0]() is x and last[1] == x._version:
-            return last[2]
-        out = torch.nn.functional.dropout(x, self.p, True)
-        self._last = (weakref.ref(x, self._forget), x._version, out)  # freed with its input
-        return out
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_last"] = None
-        return state
-
-
-# adapted leaves that read the same tensor: one dropout mask per group
-_SHARED_INPUT_GROUPS = (
-    r"(.*\.layers\.\d+\.self_attn)\.(q_proj|k_proj|v_proj)",
-    r"(.*\.layers\.\d+\.encoder_attn)\.(k_proj|v_proj)",
-    r"(.*\.lm_heads)\.\d+",
-)
-
-
-def share_dropout_masks(model: Any) -> int:
-    """Give peft LoRA layers that read the same input one shared :class:`SharedInputDropout`; returns the
-    number of dropout modules that were replaced by a shared one."""
-    groups: dict[tuple[str, str, float], SharedInputDropout] = {}
-    replaced = 0
-    for name, module in model.named_modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if not isinstance(dropouts, torch.nn.ModuleDict):
-            continue
-        for pattern in _SHARED_INPUT_GROUPS:
-            match = re.fullmatch(pattern, name)
-            if match is None:
-                continue
-            for adapter, drop in list(dropouts.items()):
-                if not isinstance(drop, torch.nn.Dropout) or drop.p == 0.0:
-                    continue
-                key = (match.group(1), adapter, float(drop.p))
-                if key not in groups:
-                    groups[key] = SharedInputDropout(drop.p)
-                else:
-                    replaced += 1
-                dropouts[adapter] = groups[key]
-            break
-    return replaced
 
 
 class MusicGenModule(L.LightningModule):
@@ -252,7 +184,7 @@ class MusicGenModule(L.LightningModule):
     def codec_tokenizer(self) -> Any:
         """The frozen codec as the token cache uses it (identity + encoder); computed once per module."""
         if getattr(self, "_codec_tokenizer", None) is None:
-            from musiclit.cache import CodecTokenizer
+            from musiclit.model.codec import CodecTokenizer
 
             self._codec_tokenizer = CodecTokenizer.from_module(self)
         return self._codec_tokenizer
@@ -263,18 +195,7 @@ class MusicGenModule(L.LightningModule):
 
         Stereo models encode left and right separately and interleave their codebooks.
         """
-        codec = self.base.audio_encoder
-        codec_dtype = next(codec.parameters()).dtype
-        bandwidth = codec.config.target_bandwidths[0] if codec.config.target_bandwidths else None
-
-        def encode(x: torch.Tensor) -> torch.Tensor:
-            return codec.encode(x.to(codec_dtype), bandwidth=bandwidth).audio_codes[0]
-
-        if self.audio_channels == 2:
-            left, right = encode(audio[:, :1]), encode(audio[:, 1:2])
-            codes = torch.stack([left, right], dim=2).flatten(1, 2)
-        else:
-            codes = encode(audio[:, :1] if audio.shape[1] == 1 else audio.mean(1, keepdim=True))
+        codes = encode_audio(self.base.audio_encoder, audio, self.audio_channels)
         hop = self.sample_rate // self.frame_rate
         frame_mask = audio_mask[:, ::hop][:, : codes.shape[-1]]
         return codes, frame_mask
@@ -294,30 +215,7 @@ class MusicGenModule(L.LightningModule):
         Returns:
             ``(loss, per_codebook)``: mean over codebooks of the masked CE, and the (K,) codebook CEs.
         """
-        model = self.base
-        inputs, labels, mask = build_delay_pattern(codes, self.special_token, self.delays, frame_mask)
-        bsz, num_cb, length = inputs.shape
-        enc = text
-        if (
-            model.text_encoder.config.hidden_size != model.decoder.config.hidden_size
-            and model.decoder.config.cross_attention_hidden_size is None
-        ):
-            enc = model.enc_to_dec_proj(text.to(model.enc_to_dec_proj.weight.dtype))
-        enc = enc * text_mask[..., None].to(enc.dtype)  # what generation does for dropped text
-        hidden = model.decoder.model.decoder(
-            input_ids=inputs.reshape(bsz * num_cb, length),
-            encoder_hidden_states=enc,
-            encoder_attention_mask=text_mask,
-            use_cache=False,
-        ).last_hidden_state
-        # one codebook at a time: no stacked (B, K, L, V) copy of the logits in the forward or the backward
-        per_cb = torch.stack(
-            [
-                codebook_ce(head(hidden).flatten(0, 1), labels[:, k].flatten(), mask[:, k].flatten())
-                for k, head in enumerate(model.decoder.lm_heads)
-            ]
-        )
-        return per_cb.mean(), per_cb
+        return musicgen_loss(self.base, codes, frame_mask, text, text_mask, self.delays, self.special_token)
 
     def _batch_loss(self, batch: dict[str, Any], cfg_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
         if "codes" in batch:

@@ -2,7 +2,7 @@
 
 This goes through transformers' own ``generate`` on the training model as it is (its device, dtypes and
 adapters untouched), under the trainer's autocast. Generation for users (long audio, adapter strength,
-exact regeneration, fast KV-cached sampling) is :mod:`musiclit.generate`, which owns its model.
+exact regeneration, fast KV-cached sampling) is :mod:`musiclit.infer.sampler`, which owns its model.
 """
 
 from __future__ import annotations

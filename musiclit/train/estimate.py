@@ -13,7 +13,6 @@ measures the process's peak RSS increase over a few steps, the number the CPU ch
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -228,7 +227,7 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     import torch
 
     from musiclit.model.lora import LoraSettings
-    from musiclit.module import MusicGenModule
+    from musiclit.train.module import MusicGenModule
 
     spec = spec_from_config(config)
     model = config.get("model") or {}
@@ -289,42 +288,3 @@ def _reset_peak() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the estimate (and suggestions) for a config; ``--measure`` adds a measurement."""
-    parser = argparse.ArgumentParser(prog="musiclit estimate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--config", action="append", required=True, help="YAML config (repeat to layer)")
-    parser.add_argument("--gpu-memory", type=float, default=12.0, help="GPU memory budget in GiB")
-    parser.add_argument("--measure", action="store_true", help="run real steps at random init and measure")
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args(argv)
-    config = load_configs(args.config)
-    spec = spec_from_config(config)
-    parts = estimate(spec)
-    total = sum(parts.values())
-    label = "ESTIMATE (analytic, not measured)"
-    print(f"{label}: peak GPU memory for {', '.join(args.config)}")
-    print(f"  decoder {spec.hidden} x {spec.layers} layers ({spec.decoder_params / 1e6:.0f}M params), "
-          f"{'LoRA r' + str(spec.lora_r) if spec.lora_r else 'full fine-tune'} ({spec.lora_params / 1e6:.1f}M "
-          f"trainable), batch {spec.batch} x {spec.seconds:g} s, {'bf16' if spec.bf16 else 'fp32'}, "
-          f"checkpointing {'on' if spec.checkpointing else 'off'}")  # fmt: skip
-    for name, value in parts.items():
-        print(f"  {name:<36}{value / GiB:8.2f} GiB")
-    print(f"  {'total':<36}{total / GiB:8.2f} GiB   (+ ~0.5 GiB CUDA context, not counted by PyTorch)")
-    other = Spec(**{**spec.__dict__, "checkpointing": not spec.checkpointing})
-    flipped = sum(estimate(other).values()) / GiB
-    print(f"  with checkpointing {'off' if spec.checkpointing else 'on'}: {flipped:.2f} GiB")
-    verdict = "fits" if total <= args.gpu_memory * GiB else "does NOT fit"
-    print(f"budget {args.gpu_memory:g} GiB: this config {verdict}. Suggestions (estimates):")
-    for line in suggest(spec, args.gpu_memory * GiB):
-        print("  " + line)
-    if args.measure:
-        result = measure(config, args.steps)
-        if result["device"] == "cuda":
-            print(f"MEASURED on the GPU: peak allocated {result['peak'] / GiB:.2f} GiB (estimate {total / GiB:.2f})")
-        else:
-            print(f"MEASURED on the CPU: peak RSS increase over {args.steps} steps "
-                  f"{result['peak_increase'] / GiB:.2f} GiB (weights excluded; no GPU here)")  # fmt: skip
-    return 0

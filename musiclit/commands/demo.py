@@ -14,34 +14,8 @@ import math
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-
-
-class LossReport:
-    """Collects the training loss of every step and prints a line every ``every`` steps."""
-
-    def __init__(self, every: int = 10) -> None:
-        self.every = every
-        self.losses: list[float] = []
-
-    def callback(self) -> Any:
-        """A Lightning callback that feeds this report."""
-        from lightning.pytorch.callbacks import Callback
-
-        report = self
-
-        class _Callback(Callback):
-            def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
-                loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
-                report.losses.append(loss)
-                step = len(report.losses)
-                if step % report.every == 0:
-                    recent = report.losses[-report.every :]
-                    print(f"  step {step:4d}  train loss {sum(recent) / len(recent):.3f}", flush=True)
-
-        return _Callback()
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """Run the demo; returns 0 when the training loss fell and a WAV was written."""
     args = build_parser().parse_args(argv)
     out = Path(args.output)
@@ -64,12 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"musiclit demo: {CONFIG} not found (run from a source checkout)", file=sys.stderr)
         return 2
 
-    from musiclit.cli import build_cli, quiet_libraries
+    from musiclit.io import quiet_libraries
+    from musiclit.train.callbacks import LossReport
+    from musiclit.train.cli import build_cli
 
     quiet_libraries()
     data, base, run = out / "data", out / "base-model", out / "run"
     if not (data / "manifest.jsonl").exists():
-        from musiclit.synth import synthesize_dataset
+        from musiclit.data.synth import synthesize_dataset
 
         print(f"[1/4] synthesizing {args.songs} songs x 20 s into {data}", flush=True)
         synthesize_dataset(data, n_songs=args.songs, song_seconds=20.0, clip_seconds=10.0, valid_fraction=0.15)
@@ -98,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("[3/4] fine-tuning with LoRA on the CPU (python -m musiclit fit --config configs/demo.yaml ...)")
     report = LossReport(every=10)
-    build_cli(fit_args, trainer_defaults={"callbacks": [report.callback()], "enable_progress_bar": False})
+    build_cli(fit_args, trainer_defaults={"callbacks": [report], "enable_progress_bar": False})
 
     print("[4/4] generating a sample with the fine-tune (python -m musiclit generate --adapter ...)", flush=True)
-    from musiclit.generate import GenerationParams, load_generator, write_samples
+    from musiclit.infer.sampler import GenerationParams, load_generator
+    from musiclit.infer.samples import write_samples
 
     prompt = "calm ambient track with pad, bass and drums"
     generator = load_generator(adapter=str(run / "adapter"), device="cpu")

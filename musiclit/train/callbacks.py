@@ -1,4 +1,5 @@
-"""Callbacks: the peft adapter written at the end of training, and audio samples logged while training."""
+"""Callbacks: the peft adapter written at the end of training, audio samples logged while training, and the
+loss report of the demo."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def save_adapter_atomic(model: Any, folder: str | Path) -> Path:
     The adapter is written into a temporary sibling folder and renamed into place, so a crash never
     leaves a half-written adapter that looks complete.
     """
-    from musiclit.export import atomic_folder
+    from musiclit.io import atomic_folder
 
     with atomic_folder(folder, force=True) as tmp:
         model.save_pretrained(tmp)
@@ -88,7 +89,7 @@ class SampleLogger(Callback):
         if trainer.current_epoch % self.every_n_epochs:
             return
         from musiclit.data.audio import write_audio
-        from musiclit.sampling import sample_audio
+        from musiclit.train.sampling import sample_audio
 
         with trainer.precision_plugin.forward_context():  # frozen weights may be bf16 (autocast mixes dtypes)
             audio = sample_audio(
@@ -116,3 +117,23 @@ class SampleLogger(Callback):
                         step=trainer.global_step,
                     )
         (folder / "prompts.txt").write_text("\n".join(self.prompts) + "\n", encoding="utf-8")
+
+
+class LossReport(Callback):
+    """Collects the training loss of every step and prints its mean every ``every`` steps (the demo's output).
+
+    Args:
+        every: Steps per printed line.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Record the step's loss; print the mean of the last ``every`` steps."""
+        loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+        self.losses.append(loss)
+        if len(self.losses) % self.every == 0:
+            recent = self.losses[-self.every :]
+            print(f"  step {len(self.losses):4d}  train loss {sum(recent) / len(recent):.3f}", flush=True)

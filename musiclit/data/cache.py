@@ -1,4 +1,4 @@
-"""The codec token cache, and the ``python -m musiclit cache`` verb.
+"""The codec token cache (built by ``fit`` or ``python -m musiclit cache``).
 
 EnCodec is frozen, so a clip's codes never change: each clip is encoded once, whole, and training crops
 the cached codes (at the codec's 50 Hz frame rate) instead of running the codec every step.
@@ -25,7 +25,6 @@ Layout (default root ``<data_dir>/.musiclit-cache``, shared by every run with th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -38,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from musiclit.errors import MusiclitError
+from musiclit.io import atomic_write_json, atomic_write_text, file_sha256
+from musiclit.model.codec import CodecTokenizer
 
-CACHE_FORMAT = 1
 CACHE_DIRNAME = ".musiclit-cache"
 SHARD_BYTES = 512 * 1024 * 1024  # a shard is closed (committed) when its codes reach this size
 SHARD_ENTRIES = 512  # ... or after this many clips, so an interrupted build keeps most of its work
@@ -47,88 +47,6 @@ SHARD_ENTRIES = 512  # ... or after this many clips, so an interrupted build kee
 
 class CacheError(MusiclitError, RuntimeError):
     """A token cache that cannot be used; the message names the folder and the problem."""
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def codec_identity(codec: Any, channels: int) -> dict[str, Any]:
-    """What identifies a codec's tokens: config, weights hash, channel layout, cache format."""
-    import torch
-
-    weights = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in sorted(codec.state_dict().items()):
-            t = tensor.detach().to("cpu").contiguous()
-            weights.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            weights.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    config = codec.config.to_dict()
-    for volatile in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
-        config.pop(volatile, None)
-    ident = {"format": CACHE_FORMAT, "channels": channels, "config": config, "weights_sha256": weights.hexdigest()}
-    ident["id"] = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return ident
-
-
-@dataclass
-class CodecTokenizer:
-    """A frozen codec as the cache sees it: an identity and ``encode(wav) -> codes``.
-
-    Attributes:
-        identity: :func:`codec_identity` of the codec.
-        encode_fn: ``(audio (1, C, S) float tensor, mask (1, S) bool) -> (codes (1, K, T), frame_mask)``.
-        sample_rate, channels, frame_rate, num_codebooks: The codec's facts.
-        codec: The codec module (moved to the GPU while the cache is built, when there is one).
-    """
-
-    identity: dict[str, Any]
-    encode_fn: Callable[[Any, Any], tuple[Any, Any]]
-    sample_rate: int
-    channels: int
-    frame_rate: int
-    num_codebooks: int
-    special_token: int = 2048
-    codec: Any = None
-
-    @property
-    def id(self) -> str:
-        """The folder name of this codec's cache."""
-        return str(self.identity["id"])
-
-    @classmethod
-    def from_module(cls, module: Any) -> CodecTokenizer:
-        """The codec of a :class:`~musiclit.module.MusicGenModule` (its ``encode_audio`` is the encoder)."""
-        codec = module.base.audio_encoder
-        return cls(
-            identity=codec_identity(codec, module.audio_channels),
-            encode_fn=module.encode_audio,
-            sample_rate=module.sample_rate,
-            channels=module.audio_channels,
-            frame_rate=module.frame_rate,
-            num_codebooks=module.num_codebooks,
-            special_token=module.special_token,
-            codec=codec,
-        )
-
-    def encode(self, wav: np.ndarray) -> np.ndarray:
-        """Codes (K, T) int16 of a whole clip (C, S) at the codec's rate and channels."""
-        import torch
-
-        device = next(self.codec.parameters()).device if self.codec is not None else torch.device("cpu")
-        audio = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(device)
-        mask = torch.ones((1, audio.shape[-1]), dtype=torch.bool, device=device)
-        with torch.inference_mode():
-            codes, _ = self.encode_fn(audio, mask)
-        codes = codes[0].to("cpu").numpy()
-        if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.int16).max):
-            raise CacheError(f"codes out of int16 range ({codes.min()}..{codes.max()})")
-        return codes.astype(np.int16)
 
 
 @dataclass
@@ -252,9 +170,7 @@ class TokenCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "codec.json"
         if not meta.exists():
-            tmp = meta.with_name(f".codec.json.{secrets.token_hex(4)}.tmp")
-            tmp.write_text(json.dumps(tokenizer.identity, indent=1, default=str), encoding="utf-8")
-            os.replace(tmp, meta)
+            atomic_write_json(meta, tokenizer.identity, indent=1, default=str)
 
     def _encode_all(
         self, todo: dict[str, Path], tokenizer: CodecTokenizer, read: Callable[[Path], np.ndarray], progress: bool
@@ -315,12 +231,8 @@ class _ShardWriter:
         self.fh.close()
         self.fh = None
         index = self.folder / f"{self.stem}.jsonl"
-        tmp = index.with_name(f".{index.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in self.records)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, index)  # the commit point: the entries exist from here on
+        # the commit point: the entries exist once the index is renamed into place
+        atomic_write_text(index, "".join(json.dumps(r) + "\n" for r in self.records))
         self.records = []
 
     def abort(self) -> None:
@@ -351,29 +263,3 @@ def cached_keys(
         return read_audio(path, tokenizer.sample_rate, tokenizer.channels)
 
     return cache.build([data_root / p for p in rel_paths], tokenizer, read, verify=verify, progress=progress)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m musiclit cache``: build the token cache of a dataset with the flags/config of ``fit``.
-
-    Example::
-
-        python -m musiclit cache --config configs/base.yaml --config configs/musicgen-small-lora.yaml \\
-            --data.data_dir data/mystyle
-    """
-    import sys
-
-    from musiclit.cli import build_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(main.__doc__)
-        print("Takes every `fit` option (see `python -m musiclit fit --help`); --data.cache_dir picks the folder.")
-        return 0
-    cli = build_cli(argv, run=False)  # run=False: no subcommand, the options of `fit`
-    dm = cli.datamodule
-    dm.attach_tokenizer(CodecTokenizer.from_module(cli.model))
-    dm.token_cache = True
-    dm.setup("fit")
-    print(f"token cache: {dm.cache.folder} ({len(dm.cache)} clips)")
-    return 0

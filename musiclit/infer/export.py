@@ -19,60 +19,25 @@ never leaves a half-written export that looks complete; an existing folder is re
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import os
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from musiclit.generate import GenerateError
+from musiclit.errors import MusiclitError
+from musiclit.io import OutputExistsError, atomic_folder
 
 FORMATS = ("peft", "merged", "audiocraft")
 MARKER = "musiclit_export.json"
 
 
-class ExportError(GenerateError):
+class ExportError(MusiclitError, ValueError):
     """An export/import a user can fix; the message names the file and the problem."""
-
-
-@contextlib.contextmanager
-def atomic_folder(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``out`` only when the block succeeds.
-
-    Raises:
-        ExportError: ``out`` exists and ``force`` is False.
-    """
-    out = Path(out)
-    if out.exists() and not force:
-        raise ExportError(f"{out}: already exists (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
-    try:
-        yield tmp
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _marker(folder: Path, **info: Any) -> None:
     from musiclit import __version__
-    from musiclit.data.caption import write_json_atomic
+    from musiclit.io import atomic_write_json
 
-    write_json_atomic(folder / MARKER, {"musiclit_version": __version__, **info})
+    atomic_write_json(folder / MARKER, {"musiclit_version": __version__, **info})
 
 
 def _merged_model(ft: Any) -> Any:
@@ -263,13 +228,13 @@ def export(
     segment_duration: float = 30.0,
 ) -> Path:
     """Export a checkpoint/adapter (or a model folder, for merged/audiocraft) to ``fmt``; see the module doc."""
-    from musiclit.generate import load_finetune
+    from musiclit.model.finetune import load_finetune
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     out = Path(out)
     if out.exists() and not force:  # fail before loading anything
-        raise ExportError(f"{out}: already exists (use --force to replace it)")
+        raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
     path = Path(source).expanduser()
     is_model_folder = path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").exists()
     if is_model_folder:
@@ -283,90 +248,3 @@ def export(
     if fmt == "merged":
         return export_merged(ft, out, force)
     return export_audiocraft(ft, out, force, segment_duration)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def build_export_parser() -> argparse.ArgumentParser:
-    """The ``export`` command's parser."""
-    p = argparse.ArgumentParser(
-        prog="python -m musiclit export",
-        description=(
-            "Export a fine-tune (musiclit checkpoint .ckpt or peft adapter folder) to a peft adapter folder, a merged "
-            "transformers model folder, or audiocraft's format (state_dict.bin + compression_state_dict.bin). "
-            "Writes are atomic; an existing output folder is replaced only with --force."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("source", help="checkpoint (.ckpt), peft adapter folder, or (merged/audiocraft) a model folder")
-    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
-    p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    p.add_argument("--model", help="base model (default: the one the checkpoint/adapter names)")
-    p.add_argument("--init-seed", type=int, default=None, help="random-init seed of a config-file base")
-    p.add_argument(
-        "--segment-duration",
-        type=float,
-        default=30.0,
-        help="audiocraft: dataset.segment_duration, the longest audio it generates in one go",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    return p
-
-
-def build_import_parser() -> argparse.ArgumentParser:
-    """The ``import`` command's parser."""
-    p = argparse.ArgumentParser(
-        prog="python -m musiclit import",
-        description=(
-            "Import an audiocraft-format MusicGen fine-tune (a folder with state_dict.bin) into a transformers model "
-            "folder that musiclit can train or generate from. The text encoder and codec come from --base."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("source", help="audiocraft folder holding state_dict.bin")
-    p.add_argument(
-        "--base",
-        required=True,
-        help="transformers MusicGen (hub id or folder) giving the text encoder and codec, e.g. facebook/musicgen-small",
-    )
-    p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    p.add_argument("--init-seed", type=int, default=0, help="random-init seed of a config-file base")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow arbitrary pickled objects in state_dict.bin (only for files you trust)",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """``argv[0]`` is the verb ("export" or "import"); returns the exit code (2 for a fixable problem)."""
-    verb, rest = (argv[0], argv[1:]) if argv else ("export", [])
-    if verb not in ("export", "import"):
-        verb, rest = "export", list(argv)
-    args = (build_import_parser() if verb == "import" else build_export_parser()).parse_args(rest)
-    from musiclit.cli import quiet_libraries
-
-    quiet_libraries()
-    try:
-        if verb == "import":
-            out = import_audiocraft(args.source, args.base, args.out, args.force, args.trust_pickle, args.init_seed)
-        else:
-            out = export(
-                args.source, args.format, args.out, args.model, args.force, args.init_seed, args.segment_duration
-            )
-    except GenerateError as err:
-        print(f"musiclit {verb}: error: {err}", file=sys.stderr)
-        return 2
-    files = sorted(p.name for p in Path(out).iterdir())
-    print(f"wrote {out}: {', '.join(files)}")
-    if verb == "export" and args.format == "audiocraft":
-        info = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))
-        print(f"  load it with audiocraft: MusicGen.get_pretrained('{out}')  (base: {info.get('base')})")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""The LightningCLI behind ``python -m musiclit fit|validate``.
+"""The LightningCLI behind ``python -m musiclit fit|validate`` (and the ``cache`` verb, which takes its options).
 
 Run folder layout (``trainer.default_root_dir``)::
 
@@ -12,42 +12,19 @@ Run folder layout (``trainer.default_root_dir``)::
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from musiclit.callbacks import AdapterExport, SampleLogger
 from musiclit.data.datamodule import MusicDataModule
-from musiclit.module import MusicGenModule
+from musiclit.io import quiet_libraries
+from musiclit.train.callbacks import AdapterExport, SampleLogger
+from musiclit.train.module import MusicGenModule
 
 DEFAULT_ROOT = "runs/default"
-
-
-def quiet_libraries() -> None:
-    """Silence expected library chatter (the pad-token-2048 notice, weight-loading progress bars)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*pad_token_id.*")
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # a run folder is reused on resume by design
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO)
 
 
 def cpu_has_bf16() -> bool:
@@ -147,7 +124,13 @@ def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) ->
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``argv`` starts with the verb (fit, validate, ...)."""
-    build_cli(argv)
-    return 0
+def build_token_cache(args: list[str]) -> Any:
+    """Encode the dataset that the ``fit`` options ``args`` describe into its token cache; returns the cache."""
+    from musiclit.model.codec import CodecTokenizer
+
+    cli = build_cli(args, run=False)  # run=False: no subcommand, the options of `fit`
+    dm = cli.datamodule
+    dm.attach_tokenizer(CodecTokenizer.from_module(cli.model))
+    dm.token_cache = True
+    dm.setup("fit")
+    return dm.cache

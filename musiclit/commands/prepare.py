@@ -258,18 +258,16 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """Run ``prepare``; returns 0 when the dataset has clips, 1 when nothing usable came out, 2 on bad options."""
-    from musiclit.prep.pipeline import PrepareError, run_prepare
-    from musiclit.prep.report import format_report
-
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+
+    from musiclit.prep.pipeline import run_prepare
+    from musiclit.prep.report import format_report
+
     try:
         report = run_prepare(config)
-    except PrepareError as err:
-        print(f"musiclit prepare: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("musiclit prepare: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -1,0 +1,167 @@
+"""File helpers every layer uses: atomic writes, content hashes, quiet library logs.
+
+Atomic writes go through a temporary file in the destination folder that is flushed to disk (``fsync``)
+and renamed over the destination, then the folder entry itself is synced: a crash leaves either the old
+file or the new one, never a half-written file under the final name. Files get the ordinary permissions
+(``0666`` minus the umask, like ``open(..., "w")``), not the private ``0600`` of ``mkstemp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from musiclit.errors import MusiclitError
+
+HASH_BLOCK = 1 << 20
+
+
+class OutputExistsError(MusiclitError, FileExistsError):
+    """An output that exists and may only be replaced when the user says so (``--force``)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a written file's content to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it is synced and renamed to ``path``.
+
+    Anything that writes a file by name (``soundfile.write``, ``torch.save``, ``Path.write_text``) writes
+    atomically through it. On an error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        fsync_file(tmp)
+        tmp.chmod(0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(
+    path: str | os.PathLike[str], data: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None
+) -> None:
+    """Write ``data`` as JSON (UTF-8, a trailing newline) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False, default=default) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``out`` only when the block succeeds.
+
+    The folder is built beside ``out`` (same file system), its files synced, then renamed into place; an
+    existing ``out`` is replaced only with ``force``. A crash leaves a hidden ``.<name>.partial-*`` folder,
+    never a half-written folder under the final name.
+
+    Raises:
+        OutputExistsError: ``out`` exists and ``force`` is False.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output folder is an ordinary folder
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                fsync_file(file)
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        fsync_dir(out.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter that says nothing to a musiclit user.
+
+    Each filter names a message that is expected here: the pad-token-2048 notice of MusicGen's config,
+    weight-loading progress bars, Lightning's note that few loader workers are used and that a reused run
+    folder is not empty (resume reuses it by design).
+    """
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*pad_token_id.*")
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO)
