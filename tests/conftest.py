@@ -18,7 +18,7 @@ warnings.filterwarnings("ignore", message=".*pad_token_id.*")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init MusicGen folder (config, safetensors weights, tokenizer, processor)."""
-    from musiclit.cli import quiet_libraries
+    from musiclit.io import quiet_libraries
     from musiclit.model.musicgen import create_tiny_model_folder
 
     quiet_libraries()
@@ -28,7 +28,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six synthesized songs of 8 s cut into 4 s clips, with captions and a manifest split by song."""
-    from musiclit.synth import synthesize_dataset
+    from musiclit.data.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("dataset")
     synthesize_dataset(root, n_songs=6, song_seconds=8.0, clip_seconds=4.0, valid_fraction=0.34, seed=0)

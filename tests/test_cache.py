@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from musiclit.cache import CodecTokenizer, TokenCache, cached_keys
 from musiclit.data.audio import read_audio, write_audio
-from musiclit.data.datamodule import ClipDataset, MusicDataModule
+from musiclit.data.cache import TokenCache, cached_keys
+from musiclit.data.datamodule import MusicDataModule
+from musiclit.data.datasets import ClipDataset
 from musiclit.data.tokens import TokenClipDataset, collate_tokens
-from musiclit.module import MusicGenModule
+from musiclit.model.codec import CodecTokenizer
+from musiclit.train.module import MusicGenModule
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +173,7 @@ def test_a_crash_never_leaves_a_valid_looking_entry(module, tiny_dataset, tmp_pa
 
 
 def test_cache_verb_builds_the_default_cache(tiny_model_dir, tiny_dataset, tmp_path):
-    from musiclit.cache import main
+    from musiclit.commands.cache import main
 
     assert main(["--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(tiny_dataset),
                  "--data.cache_dir", str(tmp_path / "c"), "--trainer.accelerator", "cpu",

@@ -8,7 +8,8 @@ import torch
 
 from musiclit.data.audio import AudioError, crop_or_pad, read_audio, write_audio
 from musiclit.data.caption import Caption, CaptionDropout
-from musiclit.data.datamodule import ClipDataset, EpochSampler, MusicDataModule, ResumableLoader, collate_clips
+from musiclit.data.datamodule import MusicDataModule
+from musiclit.data.datasets import ClipDataset, EpochSampler, ResumableLoader, collate_clips
 from musiclit.data.manifest import ClipEntry
 
 

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from musiclit.estimate import GiB, Spec, estimate, load_configs, main, measure, spec_from_config, step_memory
+from musiclit.commands.estimate import main
+from musiclit.train.estimate import GiB, Spec, estimate, load_configs, measure, spec_from_config, step_memory
 
 
 def test_parameter_counts_match_the_real_module(tmp_path):
     from musiclit.model.lora import LoraSettings
     from musiclit.model.musicgen import tiny_config_dict
-    from musiclit.module import MusicGenModule
+    from musiclit.train.module import MusicGenModule
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(tiny_config_dict(hidden_size=64, num_layers=3, ffn_dim=256)))

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import tiny_fit
 
-from musiclit.export import ExportError, export, import_audiocraft, main
-from musiclit.generate import load_finetune
+from musiclit.__main__ import main as cli_main
+from musiclit.infer.export import ExportError, export, import_audiocraft
+from musiclit.model.finetune import load_finetune
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +27,11 @@ def proj_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ckpt(proj_model_dir: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA checkpoint (non-zero init, attention targets + lm_heads) after two training steps."""
-    from musiclit.cli import build_cli
-
     root = tmp_path_factory.mktemp("export-run") / "run"
-    build_cli(
-        [
-            "fit", "--model.pretrained", str(proj_model_dir), "--data.data_dir", str(tiny_dataset),
-            "--data.segment_duration", "2", "--data.num_workers", "0", "--trainer.max_steps", "2",
-            "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", "--checkpoint.every_n_train_steps", "1",
-            "--model.lora.init_lora_weights", "false", "--model.lora.target_modules", "attention",
-            "--model.lora.lm_heads", "true", "--trainer.logger", "false",
-        ]
+    tiny_fit(
+        proj_model_dir, tiny_dataset, root, "--trainer.max_steps", "2", "--checkpoint.every_n_train_steps", "1",
+        "--model.lora.init_lora_weights", "false", "--model.lora.target_modules", "attention",
+        "--model.lora.lm_heads", "true", "--trainer.logger", "false",
     )  # fmt: skip
     return root / "checkpoints" / "last.ckpt"
 
@@ -211,7 +206,7 @@ def test_audiocraft_export_then_import_is_identical(
     for key, value in merged.items():
         assert torch.equal(imported[key], value), key
     # importing again onto the same folder is refused
-    assert main(["import", str(exports["audiocraft"]), "--base", str(proj_model_dir), "--out", str(out)]) == 2
+    assert cli_main(["import", str(exports["audiocraft"]), "--base", str(proj_model_dir), "--out", str(out)]) == 2
 
 
 def test_exports_never_overwrite_and_are_atomic(
@@ -220,7 +215,7 @@ def test_exports_never_overwrite_and_are_atomic(
 ) -> None:  # fmt: skip
     target = exports["peft"]
     before = (target / "adapter_model.safetensors").stat().st_mtime_ns
-    assert main(["export", str(ckpt), "--format", "peft", "--out", str(target)]) == 2
+    assert cli_main(["export", str(ckpt), "--format", "peft", "--out", str(target)]) == 2
     assert "already exists (use --force" in capsys.readouterr().err
     assert (target / "adapter_model.safetensors").stat().st_mtime_ns == before
     # a crash half way leaves nothing that looks like an export
@@ -238,16 +233,16 @@ def test_exports_never_overwrite_and_are_atomic(
         export(str(ckpt), "audiocraft", tmp_path / "ac")
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    assert main(["export", str(ckpt), "--format", "peft", "--out", str(target), "--force"]) == 0
+    assert cli_main(["export", str(ckpt), "--format", "peft", "--out", str(target), "--force"]) == 0
 
 
 def test_export_and_import_errors_name_the_file(tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExportError, match=r"empty: no state_dict\.bin"):
         import_audiocraft(tmp_path / "empty", "x.json", tmp_path / "out")
-    assert main(["export", str(tmp_path / "missing.ckpt"), "--format", "merged", "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["export", str(tmp_path / "missing.ckpt"), "--format", "merged", "--out", str(tmp_path / "o")]) == 2
     assert "missing.ckpt: no such checkpoint" in capsys.readouterr().err
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["export", str(bad), "--format", "peft", "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["export", str(bad), "--format", "peft", "--out", str(tmp_path / "o")]) == 2
     assert "bad.ckpt: cannot read the checkpoint" in capsys.readouterr().err

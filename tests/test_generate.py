@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_run import tiny_fit
 
-from musiclit.generate import (
-    AdapterMismatchError,
-    GenerationParams,
-    Generator,
-    load_finetune,
-    load_generator,
-    main,
-)
+from musiclit.__main__ import main as cli_main
+from musiclit.infer.sampler import GenerationParams, Generator, load_generator
+from musiclit.model.finetune import AdapterMismatchError, load_finetune
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model_dir: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with a LoRA (non-zero init, q/v) checkpoint and adapter folder, after two training steps."""
-    from musiclit.cli import build_cli
-
     root = tmp_path_factory.mktemp("gen-run") / "run"
-    build_cli(
-        [
-            "fit", "--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(tiny_dataset),
-            "--data.segment_duration", "2", "--data.num_workers", "0", "--trainer.max_steps", "2",
-            "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", "--checkpoint.every_n_train_steps", "1",
-            "--model.lora.init_lora_weights", "false", "--trainer.logger", "false",
-        ]
+    tiny_fit(
+        tiny_model_dir, tiny_dataset, root, "--trainer.max_steps", "2", "--checkpoint.every_n_train_steps", "1",
+        "--model.lora.init_lora_weights", "false", "--trainer.logger", "false",
     )  # fmt: skip
     return root
 
@@ -90,7 +80,7 @@ def test_seed_reproducible_and_batch_independent(base_gen: Generator) -> None:
 
 
 def test_top_p_and_top_k_restrict_choices() -> None:
-    from musiclit.generate import _pick
+    from musiclit.infer.sampler import _pick
 
     logits = torch.tensor([[0.0, 5.0, 4.9, -9.0]]).log_softmax(-1)
     u = torch.linspace(0, 0.999, 200)[:, None].expand(200, 1).reshape(200, 1)
@@ -201,9 +191,9 @@ def test_cli_writes_audio_and_json_and_regenerates(tiny_model_dir: Path, run_dir
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# my prompts\nsoft piano\n\nloud drums\n", encoding="utf-8")
     out = tmp_path / "out"
-    rc = main(
+    rc = cli_main(
         [
-            "--adapter", str(run_dir / "checkpoints" / "last.ckpt"), "--model", str(tiny_model_dir),
+            "generate", "--adapter", str(run_dir / "checkpoints" / "last.ckpt"), "--model", str(tiny_model_dir),
             "--prompts-file", str(prompts), "--num-samples", "2", "--seconds", "0.5", "--seed", "11",
             "--out", str(out), "--format", "both", "--adapter-scale", "0.7", "--device", "cpu",
         ]
@@ -213,6 +203,8 @@ def test_cli_writes_audio_and_json_and_regenerates(tiny_model_dir: Path, run_dir
     assert len(jsons) == 4
     assert len(list(out.glob("*.wav"))) == 4
     assert len(list(out.glob("*.flac"))) == 4
+    # the JSON beside a sample is an ordinary file, like its audio (not a private temporary file)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~_umask()}
     meta = json.loads(jsons[2].read_text())
     assert meta["prompt"] == "loud drums"
     assert meta["seed"] == 13
@@ -223,13 +215,14 @@ def test_cli_writes_audio_and_json_and_regenerates(tiny_model_dir: Path, run_dir
     assert len(wav) == 25 * 640
     # regenerate that sample alone from its JSON: identical audio
     regen = tmp_path / "regen"
-    assert main(["--from-json", str(jsons[2]), "--out", str(regen), "--device", "cpu"]) == 0
+    assert cli_main(["generate", "--from-json", str(jsons[2]), "--out", str(regen), "--device", "cpu"]) == 0
     again, _ = sf.read(next(regen.glob("*.wav")), dtype="float32")
     np.testing.assert_array_equal(again, wav)
     # a different seed gives different audio
     other = tmp_path / "other"
-    main(["--model", str(tiny_model_dir), "--adapter", str(run_dir / "adapter"), "--prompt", "loud drums",
-          "--seconds", "0.5", "--seed", "14", "--adapter-scale", "0.7", "--out", str(other)])  # fmt: skip
+    cli_main(["generate", "--model", str(tiny_model_dir), "--adapter", str(run_dir / "adapter"),
+              "--prompt", "loud drums", "--seconds", "0.5", "--seed", "14", "--adapter-scale", "0.7",
+              "--out", str(other)])  # fmt: skip
     diff, _ = sf.read(next(other.glob("*.wav")), dtype="float32")
     assert not np.array_equal(diff, wav)
 
@@ -242,8 +235,8 @@ def test_audio_prompt_continuation(base_gen: Generator, tmp_path: Path) -> None:
     path = tmp_path / "prompt.wav"
     write_audio(path, tone, 32000)
     out = tmp_path / "cont"
-    assert main(["--model", str(base_gen.finetune.base_source), "--prompt-audio", str(path), "--seconds", "0.5",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert cli_main(["generate", "--model", str(base_gen.finetune.base_source), "--prompt-audio", str(path),
+                     "--seconds", "0.5", "--out", str(out)]) == 0  # fmt: skip
     meta = json.loads(next(out.glob("*.json")).read_text())
     assert meta["prompt"] == ""
     assert meta["prompt_frames"] == 50
@@ -276,7 +269,18 @@ def test_mismatched_adapters_are_explained(tmp_path: Path, run_dir: Path) -> Non
 
 
 def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--adapter", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert cli_main(["generate", "--adapter", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "nope: no such adapter folder or checkpoint" in capsys.readouterr().err
-    assert main(["--model", "x.json", "--seconds", "5", "--window", "4", "--context", "4", "--prompt", "x"]) == 2
+    assert (
+        cli_main(
+            ["generate", "--model", "x.json", "--seconds", "5", "--window", "4", "--context", "4", "--prompt", "x"]
+        )
+        == 2
+    )
     assert "--context" in capsys.readouterr().err
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from prep_audio import SongSpec, make_messy_folder, synth_song, write
+from tiny_run import tiny_fit
 
 from musiclit.data.caption import Caption
 from musiclit.data.manifest import MANIFEST_NAME, load_dataset_entries, read_manifest
@@ -190,38 +191,32 @@ def test_dry_run_writes_nothing(messy, tmp_path, capsys):
 
 
 def test_nothing_usable_exits_nonzero(tmp_path):
-    from musiclit.prep.cli import main
+    from musiclit.__main__ import main
 
     src = tmp_path / "src"
     src.mkdir()
     (src / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
     write(src / "silence.flac", np.zeros((1, 32000 * 20), dtype=np.float32), 32000, "FLAC")
-    assert main(["--input", str(src), "--output", str(tmp_path / "out"), "--workers", "1"]) == 1
+    assert main(["prepare", "--input", str(src), "--output", str(tmp_path / "out"), "--workers", "1"]) == 1
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {s["reason"] for s in report["skipped"]} == {"undecodable", "silent"}
     # partial success is a success
     write(src / "ok.wav", synth_song(SongSpec(120, 0, "major", 12)), 44100, "WAV")
-    assert main(["--input", str(src), "--output", str(tmp_path / "out"), "--workers", "1"]) == 0
+    assert main(["prepare", "--input", str(src), "--output", str(tmp_path / "out"), "--workers", "1"]) == 0
 
 
 def test_output_inside_input_is_refused(tmp_path):
-    from musiclit.prep.cli import main
+    from musiclit.__main__ import main
 
     (tmp_path / "a.wav").write_bytes(b"")
-    assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert main(["prepare", "--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
 
 
 def test_fit_trains_on_the_prepared_dataset(messy, tiny_model_dir, tmp_path):
     """The output of prepare is a dataset fit trains on, with no further step."""
-    from musiclit.cli import build_cli
-
     _, out, _, _, _ = messy
     run = tmp_path / "run"
-    args = ["fit", "--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(out),
-            "--data.segment_duration", "2", "--data.num_workers", "0", "--trainer.max_steps", "2",
-            "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run),
-            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]  # fmt: skip
-    build_cli(args)
+    tiny_fit(tiny_model_dir, out, run, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()

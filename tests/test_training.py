@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from tiny_run import tiny_fit
 
-from musiclit.cli import build_cli
 from musiclit.model.lora import LoraSettings
 from musiclit.model.musicgen import ModelLoadError
-from musiclit.module import MusicGenModule
+from musiclit.train.module import MusicGenModule
 
 
 class LossRecorder(Callback):
@@ -23,31 +23,23 @@ class LossRecorder(Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+# exact-resume runs: fixed batch size, precision, optimiser, schedule and seed
+EXACT = (
+    "--data.batch_size", "2",
+    "--trainer.precision", "32-true",
+    "--trainer.num_sanity_val_steps", "0",
+    "--trainer.log_every_n_steps", "1",
+    "--model.optimizer", "torch.optim.AdamW",
+    "--model.optimizer.lr", "0.003",
+    "--model.scheduler", "musiclit.train.optim.WarmupCosine",
+    "--model.scheduler.warmup_steps", "2",
+    "--model.lora.dropout", "0.1",
+    "--seed_everything", "0",
+)  # fmt: skip
+
+
 def fit(model_dir, data_dir, root, *extra, recorder=None):
-    args = [
-        "fit",
-        "--model.pretrained", str(model_dir),
-        "--data.data_dir", str(data_dir),
-        "--data.segment_duration", "2",
-        "--data.batch_size", "2",
-        "--data.num_workers", "0",
-        "--trainer.accelerator", "cpu",
-        "--trainer.precision", "32-true",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.num_sanity_val_steps", "0",
-        "--trainer.log_every_n_steps", "1",
-        "--model.optimizer", "torch.optim.AdamW",
-        "--model.optimizer.lr", "0.003",
-        "--model.scheduler", "musiclit.optim.WarmupCosine",
-        "--model.scheduler.warmup_steps", "2",
-        "--model.lora.dropout", "0.1",
-        "--seed_everything", "0",
-        *extra,
-    ]  # fmt: skip
-    defaults = {"callbacks": [recorder]} if recorder else {}
-    return build_cli(args, trainer_defaults=defaults)
+    return tiny_fit(model_dir, data_dir, root, *EXACT, *extra, callbacks=[recorder] if recorder else None)
 
 
 class CrashAfter(LossRecorder):
@@ -336,7 +328,7 @@ def test_lora_checkpoint_of_real_architectures_is_megabytes(arch, limit_mb):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precisions_train(tiny_model_dir, tiny_dataset, tmp_path, precision, monkeypatch):
-    monkeypatch.setattr("musiclit.cli.cpu_has_bf16", lambda: True)  # exercise bf16 even on an AVX2-only CPU
+    monkeypatch.setattr("musiclit.train.cli.cpu_has_bf16", lambda: True)  # exercise bf16 even on an AVX2-only CPU
     recorder = LossRecorder()
     cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "2", "--trainer.precision", precision,
               recorder=recorder)  # fmt: skip
@@ -391,14 +383,14 @@ def test_stereo_models_train_on_interleaved_left_right_codes(tiny_dataset, tmp_p
 
 
 def test_bf16_falls_back_where_the_hardware_lacks_it(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch, capsys):
-    from musiclit.cli import resolve_precision
+    from musiclit.train.cli import resolve_precision
 
-    monkeypatch.setattr("musiclit.cli.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("musiclit.train.cli.cpu_has_bf16", lambda: False)
     cli = fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "1", "--trainer.precision", "bf16-mixed")
     assert str(cli.trainer.precision) == "32-true"
     assert "no native bf16" in capsys.readouterr().err
     saved = next((tmp_path / "logs").glob("version_*/config.yaml")).read_text()
     assert "precision: 32-true" in saved  # the run folder records what really ran
     assert resolve_precision("16-mixed", "cpu") == ("16-mixed", None)  # explicit choices are kept
-    monkeypatch.setattr("musiclit.cli.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("musiclit.train.cli.cpu_has_bf16", lambda: True)
     assert resolve_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)
