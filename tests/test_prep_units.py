@@ -153,8 +153,31 @@ def test_fingerprint_catches_reencodes_not_other_songs(tmp_path):
 def test_plan_chunks(n_s, kwargs, expected):
     plans = chunk.plan_chunks(n_s * 100, 100, 30, **{"min_tail": 10, **kwargs})
     assert [(p.start // 100, p.length // 100) for p in plans] == expected
-    if kwargs.get("short_tail") == "pad":
-        assert plans[-1].padded_length == 3000
+    # a kept short tail is written as it is: the padding is added (and masked) by training, not baked in
+    assert all(p.padded_length == p.length for p in plans)
+
+
+def test_a_kept_short_tail_records_its_real_length_and_holds_no_silence(tmp_path):
+    class Song:
+        def __init__(self, audio):
+            self.audio = audio
+
+        def __len__(self):
+            return self.audio.shape[1]
+
+        def read(self, start, stop):
+            return self.audio[:, start:stop]
+
+    rate = 1000
+    song = Song(np.random.default_rng(0).uniform(-0.5, 0.5, (1, 95 * rate)).astype(np.float32))
+    plans = chunk.plan_chunks(95 * rate, rate, 30, min_tail=10, short_tail="pad")
+    records = chunk.write_chunks(song, tmp_path, "song", plans, rate, subtype="FLOAT")
+    tail = records[-1]
+    assert tail["duration"] == pytest.approx(5.0) and tail["padded"] == 0
+    import soundfile as sf
+
+    audio, _ = sf.read(tmp_path / tail["path"], dtype="float32")
+    np.testing.assert_array_equal(audio, song.audio[0, 90 * rate :])  # the song's last 5 s, nothing appended
 
 
 def test_plan_chunks_on_beats():

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--short-tail",
         choices=("drop", "pad"),
         default=d.short_tail,
-        help="what to do with a last clip shorter than --min-tail: drop it or pad it with silence to "
-        "--segment seconds (default %(default)s)",
+        help="what to do with a last clip shorter than --min-tail: drop it, or keep it (pad: training pads it "
+        "to the segment and masks the padding out of the loss; no silence is written) (default %(default)s)",
     )
     ch.add_argument("--beat-align", action="store_true", help="start clips on a beat (needs the tempo labels)")
     ch.add_argument(

@@ -30,7 +30,9 @@ class ClipPlan:
         index: Chunk index within the song.
         start: First sample.
         length: Samples taken from the song.
-        padded_length: Samples written (> length when a short tail is padded).
+        padded_length: Samples written. Equal to ``length``: a kept short tail is written as it is, and
+            training pads it and masks the padding out of the loss (silence baked into the file would be
+            trained on as music).
     """
 
     index: int
@@ -56,8 +58,8 @@ def plan_chunks(
         rate: Sample rate.
         segment: Clip length in seconds.
         overlap: Overlap between consecutive clips in seconds.
-        min_tail: A last clip shorter than this is dropped (``short_tail="drop"``) or padded to the full
-            segment (``"pad"``); a last clip at least this long is kept as it is.
+        min_tail: A last clip shorter than this is dropped (``short_tail="drop"``) or kept (``"pad"``: the
+            training pads it to the segment with masked padding); a last clip at least this long is kept.
         short_tail: "drop" or "pad".
         beat_period: Beat period in seconds; with ``first_beat``, clip starts snap to the beat grid.
         first_beat: Time of the first beat in seconds.
@@ -88,7 +90,7 @@ def plan_chunks(
                 break  # fully covered by the previous clip (overlap)
             if length < tail_min:
                 if short_tail == "pad":
-                    plans.append(ClipPlan(len(plans), start, length, seg))
+                    plans.append(ClipPlan(len(plans), start, length, length))
                 break
             plans.append(ClipPlan(len(plans), start, length, length))
             break

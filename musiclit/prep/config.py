@@ -19,7 +19,7 @@ from pathlib import Path
 
 # Bump when the analysis code changes in a way that changes its results.
 ANALYSIS_VERSION = 1
-AUDIO_VERSION = 1
+AUDIO_VERSION = 2  # 2: a kept short tail is written without baked-in silence
 
 DEFAULT_TEMPLATE = "[{genre} ]music[, {mood}][, with {instruments}][, {tempo_word} tempo at {bpm} bpm][, in {key}]"
 
@@ -64,7 +64,7 @@ class PrepareConfig:
         segment: Clip length in seconds.
         overlap: Overlap between consecutive clips in seconds.
         min_tail: A song's last clip shorter than this (seconds) is dropped or padded (``short_tail``).
-        short_tail: "drop" or "pad" (pad with silence to the full segment length).
+        short_tail: "drop" or "pad" (keep it; training pads it and masks the padding, no silence is written).
         beat_align: Start clips on a beat.
         audio_format: "wav" or "flac".
         subtype: soundfile subtype of the clips ("PCM_16", "PCM_24" or "FLOAT").
