@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +183,14 @@ def test_length_buckets_reorder_within_the_epoch_and_cut_padding():
 
     assert padded_seconds(b) < 0.2 * padded_seconds(a)
     print(f"padded seconds per epoch: {padded_seconds(a):.0f} unbucketed -> {padded_seconds(b):.0f} bucketed")
+
+
+def test_a_mono_dataset_for_a_stereo_model_is_reported_once(tiny_dataset):
+    stereo = MusicDataModule(str(tiny_dataset), channels=2, token_cache=False, num_workers=0)
+    with pytest.warns(UserWarning, match=r"clips are mono; the stereo model") as record:
+        stereo.setup("fit")
+    assert sum("clips are mono" in str(w.message) for w in record) == 1
+    mono = MusicDataModule(str(tiny_dataset), channels=1, token_cache=False, num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        mono.setup("fit")

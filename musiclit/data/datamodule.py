@@ -109,6 +109,7 @@ class MusicDataModule(L.LightningDataModule):
         valid = [e for e in entries if e.split == "valid"]
         if not train:
             raise ManifestError(f"{self.data_dir}: no training clips (every song is in the validation split)")
+        self._say_if_mono_for_stereo(entries)
         common = {
             "root": self.data_dir,
             "sample_rate": self.sample_rate,
@@ -140,6 +141,18 @@ class MusicDataModule(L.LightningDataModule):
             entries=train, random_crop=True, caption_dropout=self.caption_dropout, seed=self.seed, **common
         )
         self.valid_set = ClipDataset(entries=valid, random_crop=False, caption_dropout=None, **common)
+
+    def _say_if_mono_for_stereo(self, entries: list) -> None:
+        """A stereo model trained on mono clips learns no stereo image: say so once per run."""
+        mono = sum(1 for e in entries if e.channels == 1)
+        if self.channels == 2 and mono:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"{self.data_dir}: {mono} of {len(entries)} clips are mono; the stereo model gets the same signal "
+                "in both channels for them (no stereo image to learn). For stereo clips, run prepare with "
+                "--channels 2 on stereo sources."
+            )
 
     def _loader(self, dataset: ClipDataset, shuffle: bool) -> ResumableLoader:
         trainer = getattr(self, "trainer", None)
