@@ -96,7 +96,7 @@ def test_generic_ngrams_and_padding_are_not_copies():
 def codec_songs(tiny_model_dir):
     """Five synthesized songs of 12 s and their codes from the tiny model's codec (a real EnCodec, random weights)."""
     from musiclit.model.musicgen import load_musicgen
-    from musiclit.synth import random_specs, render_song
+    from musiclit.data.synth import random_specs, render_song
 
     codec = load_musicgen(str(tiny_model_dir)).model.audio_encoder
     specs = random_specs(6, 12.0, seed=3)
@@ -142,7 +142,7 @@ def test_pair_features_square_the_dot_product():
 
 @pytest.fixture(scope="module")
 def chroma_songs():
-    from musiclit.synth import random_specs, render_song
+    from musiclit.data.synth import random_specs, render_song
 
     specs = random_specs(8, 20.0, seed=0)
     songs = [render_song(s, SR, seed=i)[0] for i, s in enumerate(specs)]
@@ -173,7 +173,7 @@ def test_melodic_copy_of_a_slice_shifted_in_time(chroma_songs):
 
 
 def test_transposed_melodic_copy_is_found_only_key_invariantly(chroma_songs):
-    from musiclit.synth import render_song
+    from musiclit.data.synth import render_song
 
     specs, _, index = chroma_songs
     up3 = render_song(replace(specs[1], tonic=(specs[1].tonic + 3) % 12), SR, seed=1)[0][: 10 * SR]

@@ -44,7 +44,7 @@ def test_embeddings_are_pooled_encoder_latents(codec):
 
 
 def test_fad_and_kad_on_latents_separate_music_from_noise_and_tones(codec):
-    from musiclit.synth import random_specs, render_song
+    from musiclit.data.synth import random_specs, render_song
 
     specs = random_specs(16, 4.0, seed=5)
     songs = [render_song(s, SR, seed=i)[0] for i, s in enumerate(specs)]
