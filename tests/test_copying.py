@@ -95,8 +95,8 @@ def test_generic_ngrams_and_padding_are_not_copies():
 @pytest.fixture(scope="module")
 def codec_songs(tiny_model_dir):
     """Five synthesized songs of 12 s and their codes from the tiny model's codec (a real EnCodec, random weights)."""
-    from musiclit.model.musicgen import load_musicgen
     from musiclit.data.synth import random_specs, render_song
+    from musiclit.model.musicgen import load_musicgen
 
     codec = load_musicgen(str(tiny_model_dir)).model.audio_encoder
     specs = random_specs(6, 12.0, seed=3)
