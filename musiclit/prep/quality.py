@@ -23,8 +23,9 @@ PLATEAU_LEVEL = 0.5
 BANDWIDTH_FFT = 4096
 BANDWIDTH_FLOOR_DB = 60.0
 CUTOFF_DROP_DB = 30.0  # a brick wall: the spectrum falls by at least this much ...
-CUTOFF_BELOW_HZ = (1500.0, 300.0)  # ... from its mean level in [fc - 1500, fc - 300] Hz ...
-CUTOFF_ABOVE_HZ = 300.0  # ... to its maximum anywhere from fc + 300 Hz up to the Nyquist frequency
+CUTOFF_BELOW = (1500.0, 0.15)  # ... from its mean level over the 1500 Hz (at most 15 % of fc) below fc ...
+CUTOFF_GAP = (300.0, 0.05)  # ... (leaving 300 Hz, at most 5 % of fc, on each side of fc for the transition) ...
+# ... to its maximum anywhere above, up to the Nyquist frequency
 SILENCE_FRAME_S = 0.05
 FP_RATE_FFT = 2048
 FP_HOP = 256
@@ -262,7 +263,9 @@ def find_cutoff(ltas: np.ndarray, rate: int) -> tuple[float | None, float]:
     frequency: the spectrum falls off a cliff and stays at nothing up to the Nyquist frequency. Acoustic
     instruments (or a soft recording) roll off gradually, and a lossless file keeps its noise floor
     up to the top. The test at each frequency ``fc``: the mean level over ``[fc - 1500, fc - 300]`` Hz
-    exceeds the highest level anywhere above ``fc + 300`` Hz by at least ``CUTOFF_DROP_DB``.
+    exceeds the highest level anywhere above ``fc + 300`` Hz by at least ``CUTOFF_DROP_DB`` (below
+    10 kHz the windows shrink to ``[0.85, 0.95] x fc`` and ``1.05 x fc``, so that a roll-off of even
+    30 dB per octave drops less than 30 dB across them).
 
     Args:
         ltas: Long-term power spectrum, ``BANDWIDTH_FFT // 2 + 1`` bins.
@@ -279,17 +282,19 @@ def find_cutoff(ltas: np.ndarray, rate: int) -> tuple[float | None, float]:
     # light smoothing (5 bins, about 50 Hz at 44.1 kHz) so a single empty bin is not a cliff
     db = 10 * np.log10(np.convolve(ltas, np.ones(5) / 5, mode="same") + 1e-30)
     db = np.maximum(db, db.max() - 200.0)
-    lo_off, hi_off = round(CUTOFF_BELOW_HZ[0] / hz), round(CUTOFF_BELOW_HZ[1] / hz)
-    up = round(CUTOFF_ABOVE_HZ / hz)
     cum = np.concatenate([[0.0], np.cumsum(db)])
     above_max = np.maximum.accumulate(db[::-1])[::-1]  # max of db[k:] for each k
-    start = max(lo_off, round(1000 / hz))
-    stop = n - up - 2
-    if stop <= start:
+    centres = np.arange(max(1, round(1000 / hz)), n)
+    f = centres * hz
+    # windows relative to fc at low frequencies, so a steady roll-off (dB per octave) never looks like a cliff
+    gap = np.maximum(1, np.round(np.minimum(CUTOFF_GAP[0], CUTOFF_GAP[1] * f) / hz)).astype(int)
+    width = np.maximum(gap + 1, np.round(np.minimum(CUTOFF_BELOW[0], CUTOFF_BELOW[1] * f) / hz)).astype(int)
+    ok = centres + gap < n - 1
+    centres, gap, width = centres[ok], gap[ok], width[ok]
+    if centres.size == 0:
         return None, 0.0
-    centres = np.arange(start, stop)
-    below = (cum[centres - hi_off] - cum[centres - lo_off]) / (lo_off - hi_off)
-    drop = below - above_max[centres + up]
+    below = (cum[centres - gap] - cum[centres - width]) / (width - gap)
+    drop = below - above_max[centres + gap]
     i = int(np.argmax(drop))
     depth = float(drop[i])
     return (float(centres[i] * hz) if depth >= CUTOFF_DROP_DB else None), round(depth, 1)
