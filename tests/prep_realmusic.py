@@ -49,7 +49,7 @@ def load_baseline(root: Path) -> dict[str, dict]:
 
 
 def tempo_verdict(bpm: float | None, ref: float) -> str:
-    """"exact" within 4 % of the labelled beat, else the metrical level it is at ("x2", "x1/3"...), or "wrong"."""
+    """ "exact" within 4 % of the labelled beat, else the metrical level it is at ("x2", "x1/3"...), or "wrong"."""
     if not bpm:
         return "none"
     for factor, name in ((1.0, "exact"), *LEVELS):
@@ -80,7 +80,8 @@ def prepare_and_read_labels(files: list[dict], workers: int = 2, output: Path | 
         tmp = Path(tempfile.mkdtemp(prefix="musiclit-realmusic-"))
         output = tmp / "dataset"
     try:
-        report = run_prepare(PrepareConfig(input=base, output=output, workers=workers, progress=False), log=lambda _m: None)
+        config = PrepareConfig(input=base, output=output, workers=workers, progress=False)
+        report = run_prepare(config, log=lambda _m: None)
         states = {st.get("source"): st for _, st in StateStore(output, read_only=True).all()}
         kept = {c["song"] for c in report["captions"]}
         clips = {c["song"]: 0 for c in report["captions"]}
@@ -103,6 +104,8 @@ def prepare_and_read_labels(files: list[dict], workers: int = 2, output: Path | 
                     "raw_bpm": lab.get("bpm_raw"),
                     "bpm": lab.get("bpm"),
                     "octave": lab.get("bpm_octave"),
+                    "alternation": lab.get("bpm_alternation"),
+                    "offbeat": lab.get("bpm_offbeat"),
                     "confidence": lab.get("bpm_confidence"),
                     "key": lab.get("key"),
                     "kept": rel in kept,
@@ -145,14 +148,16 @@ def format_realmusic_table(rows: list[dict], baseline: dict[str, dict]) -> str:
     lines.append(
         f"prepare: tempo within 4 %: {exact}/{n} (its raw beat-tracker estimate: {raw_exact}/{n}; right raw "
         f"estimates broken by the level choice: {len(broken)}{' ' + ', '.join(broken) if broken else ''}); "
-        f"key exact: {sum(r['key_ok'] for r in rows)}/{n}; kept with default settings: {sum(r['kept'] for r in rows)}/{n}"
+        f"key exact: {sum(r['key_ok'] for r in rows)}/{n}; "
+        f"kept with default settings: {sum(r['kept'] for r in rows)}/{n}"
     )
     if baseline:
         b_re = sum(tempo_verdict(b.get("rhythmextractor2013_bpm"), b["ref_bpm"]) == "exact" for b in baseline.values())
         b_pe = sum(tempo_verdict(b.get("percival_bpm"), b["ref_bpm"]) == "exact" for b in baseline.values())
         b_key = sum(b.get("key_bgate") == b.get("ref_key") for b in baseline.values())
         lines.append(
-            f"Essentia raw baseline (44.1 kHz, the set's baseline_essentia.json): RhythmExtractor2013 {b_re}/{len(baseline)}, "
+            "Essentia raw baseline (44.1 kHz, the set's baseline_essentia.json): "
+            f"RhythmExtractor2013 {b_re}/{len(baseline)}, "
             f"PercivalBpmEstimator {b_pe}/{len(baseline)}; KeyExtractor bgate {b_key}/{len(baseline)}"
         )
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -31,6 +32,8 @@ def accuracy_rows(specs: list[SongSpec], rate: int = 11025) -> list[dict]:
                 "raw_bpm": tempo.raw_bpm,
                 "octave": tempo.octave,
                 "confidence": tempo.confidence,
+                "alternation": tempo.alternation,
+                "offbeat": tempo.offbeat,
                 "key": spec.key,
                 "measured_key": key,
                 "bpm_ok": abs(tempo.bpm - spec.bpm) / spec.bpm <= 0.04,
@@ -342,9 +345,9 @@ def _fake_graph(path: Path, input_name: str | None, output_name: str, scores: li
 class _FakePredictor:
     """Behaves like Essentia's TensorFlow predictors: loading fails on node names the graph lacks."""
 
-    built: list[dict] = []
+    built: ClassVar[list[dict]] = []
 
-    def __init__(self, graphFilename, output, input=None):  # noqa: A002 (Essentia's parameter names)
+    def __init__(self, graphFilename, output, input=None):  # Essentia's parameter names
         try:
             graph = json.loads(Path(graphFilename).read_text())
         except ValueError:

@@ -171,7 +171,7 @@ def _best_phase(held: np.ndarray, period: float) -> tuple[float, float]:
     return float(phases[i]), float(strengths[i])
 
 
-def halving_threshold(raw_bpm: float) -> float:
+def halving_threshold(raw_bpm: float, typical: float = TYPICAL_BPM, cap: float = MAX_HALVING_RATIO) -> float:
     """Largest weak/strong ratio at which a raw tempo is read as subdivisions of half that tempo.
 
     The accent evidence is weighed against a log-normal tempo prior centred on ``TYPICAL_BPM``: at
@@ -180,17 +180,41 @@ def halving_threshold(raw_bpm: float) -> float:
     estimate to 50 needs a ratio below 0.43, a 140 BPM one to 70 below 0.6), and never exceeds
     ``MAX_HALVING_RATIO``: clearly alternating beats are needed even where the prior favours halving.
     """
-    return min(MAX_HALVING_RATIO, raw_bpm / (2 * math.sqrt(2) * TYPICAL_BPM))
+    return min(cap, raw_bpm / (2 * math.sqrt(2) * typical))
 
 
-def doubling_threshold(raw_bpm: float) -> float:
+def doubling_threshold(raw_bpm: float, typical: float = TYPICAL_BPM) -> float:
     """Smallest offbeat/beat ratio at which a raw tempo is read as half the beat.
 
     The halving rule read from the doubled level: the midpoints must be at least
     ``halving_threshold(2 * raw)`` as strong as the beats, without the cap, so a fast doubled tempo
     needs midpoints about as strong as the beats (at 59 BPM a ratio of 0.5, at 88 BPM 0.75, at 117 BPM 1).
     """
-    return 2 * raw_bpm / (2 * math.sqrt(2) * TYPICAL_BPM)
+    return 2 * raw_bpm / (2 * math.sqrt(2) * typical)
+
+
+def metrical_decision(
+    raw_bpm: float,
+    alternation: float,
+    offbeat: float,
+    min_bpm: float,
+    max_bpm: float,
+    typical: float = TYPICAL_BPM,
+    cap: float = MAX_HALVING_RATIO,
+) -> tuple[str, float]:
+    """The metrical-level rule on measured accent ratios.
+
+    Returns:
+        ``(octave, margin)``: "halved", "doubled" or "kept", and how clearly (in octaves of ratio from
+        the nearest threshold; 1 = a factor of two).
+    """
+    m_half = math.log2(halving_threshold(raw_bpm, typical, cap) / max(alternation, 1e-6))
+    m_double = math.log2(max(offbeat, 1e-6) / doubling_threshold(raw_bpm, typical))
+    if m_half > 0 and raw_bpm / 2 >= min_bpm:
+        return "halved", m_half
+    if m_double > 0 and raw_bpm * 2 <= max_bpm:
+        return "doubled", m_double
+    return "kept", min(-m_half, -m_double)
 
 
 def _accent_ratios(held: np.ndarray, fps: float, beats: np.ndarray) -> tuple[float, float, float] | None:
@@ -268,17 +292,8 @@ def choose_metrical_level(
             # changing on every beat, while subdivisions of a slower beat are weaker in both
             alternation = math.sqrt(alternation * cue[0])
             offbeat = math.sqrt(offbeat * cue[1])
-    t_half, t_double = halving_threshold(bpm), doubling_threshold(bpm)
-    # margins in octaves of ratio: how clearly each decision was taken (1 = a factor 2 from the threshold)
-    m_half = math.log2(t_half / max(alternation, 1e-6))
-    m_double = math.log2(max(offbeat, 1e-6) / t_double)
-    octave, out_bpm = "kept", bpm
-    if m_half > 0 and bpm / 2 >= min_bpm:
-        octave, out_bpm, margin = "halved", bpm / 2, m_half
-    elif m_double > 0 and bpm * 2 <= max_bpm:
-        octave, out_bpm, margin = "doubled", bpm * 2, m_double
-    else:
-        margin = min(-m_half, -m_double)
+    octave, margin = metrical_decision(bpm, alternation, offbeat, min_bpm, max_bpm)
+    out_bpm = {"halved": bpm / 2, "doubled": bpm * 2}.get(octave, bpm)
     out_period = 60.0 / out_bpm
     return Tempo(
         bpm=round(out_bpm, 1),

@@ -146,6 +146,8 @@ def _label(task: SongTask, buf: Any, excerpt: tuple, labels: Any, quality: Any) 
         bpm_raw=tempo.raw_bpm,
         bpm_second=tempo.second_bpm,
         bpm_octave=tempo.octave,
+        bpm_alternation=tempo.alternation,
+        bpm_offbeat=tempo.offbeat,
         beat_period=period,
         first_beat=((offset + tempo.first_beat) % period) if period else None,
     )
