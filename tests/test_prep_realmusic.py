@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from prep_realmusic import VENDORED, format_realmusic_table, load_baseline, load_labels, prepare_and_read_labels
 from prep_realmusic import realmusic_root as _root
+from tiny_run import tiny_fit
 
 from musiclit.data.manifest import load_dataset_entries
 
@@ -45,12 +46,10 @@ def test_real_files_are_kept_and_labelled(vendored):
 
 
 def test_fit_trains_on_prepared_real_music(vendored, tiny_model_dir, tmp_path):
-    from test_training import fit
-
     _, report, out = vendored
     assert len(load_dataset_entries(out)) == report["clips_out"] == 5
     run = tmp_path / "run"
-    fit(tiny_model_dir, out, run, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1")
+    tiny_fit(tiny_model_dir, out, run, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1")
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
