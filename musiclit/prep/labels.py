@@ -6,10 +6,12 @@ often lock onto the wrong metrical level: a slow piece with running eighth notes
 tempo, a fast one with a half-time feel at half. :func:`choose_metrical_level` only changes the level
 when the accent evidence outweighs a prior on typical tempi:
 
-* the evidence is measured on a multi-band onset envelope folded on the raw beat grid: the
-  weak/strong ratio of every other beat (``alternation``: low when every other "beat" carries most of
-  the onset energy, the pattern of subdivisions of a slower beat) and the offbeat/beat ratio (how strong
-  the positions halfway between the beats are);
+* the evidence is measured on the tracked beats: the weak/strong ratio of every other beat
+  (``alternation``: low when every other "beat" is much weaker, the pattern of subdivisions of a slower
+  beat) and the offbeat/beat ratio (how strong the positions halfway between the beats are), each the
+  geometric mean of two cues, onsets (:func:`onset_envelope`) and harmonic change
+  (:func:`harmonic_change_envelope`): subdivisions are weaker in both, while a bar-level accent (drums,
+  a strong downbeat) still has the harmony and melody changing on every beat;
 * the prior is log-normal around ``TYPICAL_BPM`` (83 BPM: the period of maximal pulse salience,
   about 0.72 s, in Parncutt's 1994 model of pulse perception): halving a raw estimate needs stronger
   evidence the slower the halved tempo would be, doubling one needs it the faster the doubled tempo.
