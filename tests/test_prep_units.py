@@ -570,3 +570,21 @@ def test_cli_help_documents_every_option(capsys):
     ):
         assert option in text
     assert Path(__file__).name  # keep the import used
+
+
+def test_prepare_ends_with_the_skip_notice(tmp_path, capsys):
+    """Half the songs fall to low_bandwidth: the last line printed names the option that keeps them."""
+    from musiclit.__main__ import main
+
+    src = tmp_path / "src"
+    write(src / "good.wav", synth_song(SongSpec(120, 0, "major", 12, seed=1)), 44100, "WAV")
+    write_mp3(src / "56k.mp3", synth_song(SongSpec(100, 9, "minor", 12, seed=2)), 44100, 0.9)
+    out = tmp_path / "out"
+    assert main(["prepare", "--input", str(src), "--output", str(out), "--workers", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("musiclit prepare: NOTE: 1 of 2 songs (50%) skipped as low_bandwidth")
+    assert "--min-bandwidth 0 keeps them" in err[-1]
+    assert (out / "report.txt").read_text().rstrip().splitlines()[-1] == err[-1]
+    # and the option does keep it
+    assert main(["prepare", "-i", str(src), "-o", str(out), "--workers", "1", "--min-bandwidth", "0"]) == 0
+    assert "NOTE" not in capsys.readouterr().err
