@@ -2,7 +2,12 @@
 
     python tools/bench_prepare.py                 # 12 synthesized 3-minute songs, workers = cores
     python tools/bench_prepare.py --songs 20 --seconds 240 --workers 2
-    python tools/bench_prepare.py --accuracy      # tempo/key accuracy on the synthesized test set
+    python tools/bench_prepare.py --accuracy      # tempo/key/kept on the real-music dev set and the synthesized set
+
+Accuracy: the real-music development set (``$MUSICLIT_REALMUSIC``, ``--realmusic`` or
+``../shared/realmusic-dev``) is prepared with default settings and prepare's labels are printed beside
+Essentia's raw baseline (the set's ``baseline_essentia.json``); then the synthesized accuracy set; then
+how the tempo score of both sets moves with the two constants of the metrical-level rule.
 
 Speed is x-realtime: seconds of source audio per wall-clock second for the whole command (decode +
 filter + label + chunk + write, process-pool start included), in total and per core (worker). The
@@ -79,12 +84,59 @@ def bench(songs: int, seconds: float, workers: int, keep: Path | None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def accuracy(duration: float) -> None:
-    """Print the tempo/key accuracy table on the synthesized accuracy set."""
+def accuracy(duration: float, workers: int, realmusic: Path | None) -> None:
+    """Print the accuracy tables: real-music dev set (when found), synthesized set, rule sensitivity."""
     from prep_audio import accuracy_specs
+    from prep_realmusic import format_realmusic_table, load_baseline, load_labels, prepare_and_read_labels
+    from prep_realmusic import realmusic_root as find_root
     from test_prep_units import accuracy_rows, format_accuracy
 
-    print(format_accuracy(accuracy_rows(accuracy_specs(duration))))
+    root = realmusic or find_root()
+    real: list[dict] = []
+    if root is None:
+        print("real-music dev set not found: set MUSICLIT_REALMUSIC or pass --realmusic (skipped)\n")
+    else:
+        files = load_labels(root)
+        t = time.perf_counter()
+        real, _report = prepare_and_read_labels(files, workers)
+        wall = time.perf_counter() - t
+        audio = sum(f["duration_s"] for f in files)
+        print(f"real music: {root} ({len(files)} files, {audio / 60:.1f} min), prepare with default settings")
+        print(format_realmusic_table(real, load_baseline(root)))
+        print(f"(prepare took {wall:.1f} s with {workers} workers: {audio / wall:.0f}x realtime)\n")
+    synth = accuracy_rows(accuracy_specs(duration))
+    print(f"synthesized songs ({duration:g} s each)")
+    print(format_accuracy(synth) + "\n")
+    print(sensitivity(real, synth))
+
+
+def sensitivity(real: list[dict], synth: list[dict]) -> str:
+    """Tempo score of both sets when the metrical-level rule's two constants change (measured ratios reused)."""
+    from musiclit.prep.labels import MAX_HALVING_RATIO, TYPICAL_BPM, metrical_decision
+
+    def score(rows: list[dict], key: str, typical: float, cap: float) -> int:
+        ok = 0
+        for r in rows:
+            raw = r["raw_bpm"]
+            if not raw or r.get("alternation") is None:
+                continue
+            octave, _ = metrical_decision(raw, r["alternation"], r["offbeat"], 40, 220, typical, cap)
+            bpm = {"halved": raw / 2, "doubled": raw * 2}.get(octave, raw)
+            ok += abs(bpm / r[key] - 1) <= 0.04
+        return ok
+
+    lines = [
+        "tempo within 4 % when the rule's constants change (dev set / synthesized set); "
+        f"in use: TYPICAL_BPM {TYPICAL_BPM:g}, MAX_HALVING_RATIO {MAX_HALVING_RATIO:g}",
+        f"{'TYPICAL_BPM':>11} | " + " | ".join(f"cap {c:g}".center(13) for c in (0.5, 0.6, 0.7)),
+    ]
+    for typical in (70.0, 77.0, 83.0, 90.0, 100.0, 110.0):
+        cells = []
+        for cap in (0.5, 0.6, 0.7):
+            dev = f"{score(real, 'ref_bpm', typical, cap)}/{len(real)}" if real else "-"
+            cells.append(f"{dev} / {score(synth, 'bpm', typical, cap)}/{len(synth)}".center(13))
+        lines.append(f"{typical:>11g} | " + " | ".join(cells))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -94,11 +146,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=180.0, help="length of each song in seconds (default %(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: cores)")
     p.add_argument("--keep", type=Path, default=None, help="write the dataset here instead of a temporary folder")
-    p.add_argument("--accuracy", action="store_true", help="print the tempo/key accuracy table instead")
-    p.add_argument("--accuracy-seconds", type=float, default=30.0, help="song length of the accuracy set")
+    p.add_argument("--accuracy", action="store_true", help="print the tempo/key/kept accuracy tables instead")
+    p.add_argument("--accuracy-seconds", type=float, default=30.0, help="song length of the synthesized accuracy set")
+    p.add_argument("--realmusic", type=Path, default=None, help="the real-music dev set folder (with labels.json)")
     args = p.parse_args()
     if args.accuracy:
-        accuracy(args.accuracy_seconds)
+        accuracy(args.accuracy_seconds, args.workers, args.realmusic)
     else:
         bench(args.songs, args.seconds, args.workers, args.keep)
 

@@ -110,14 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-bandwidth",
         type=float,
         default=q.min_bandwidth,
-        help="reject songs whose effective bandwidth (Hz) is below this; a 128 kbps MP3 is cut near "
-        "16.7 kHz (default %(default)s)",
+        help="reject songs with a brick-wall cut-off (a low-bitrate lossy encode, an upsampled file) below "
+        "min(this, --min-bandwidth-ratio x the band the model hears = half of the lower of --sample-rate and "
+        "the file's rate), in Hz; a natural roll-off never rejects a song; 0 keeps every song "
+        "(default %(default)s)",
     )
     qf.add_argument(
         "--min-bandwidth-ratio",
         type=float,
         default=q.min_bandwidth_ratio,
-        help="the bandwidth threshold never exceeds this fraction of a file's Nyquist frequency (default %(default)s)",
+        help="a cut-off must reach this fraction of the band the model hears (at 32 kHz: 16 kHz x 0.85 = 13.6 kHz; "
+        "a 128 kbps MP3 is cut near 16 kHz and kept) (default %(default)s)",
     )
     qf.add_argument(
         "--duplicate-distance",
@@ -276,4 +279,6 @@ def main(argv: list[str]) -> int:
         return 0 if report["songs_used"] else 1
     print(format_report(report), end="")
     print(f"dataset: {os.fspath(config.output)} ({report['clips_out']} clips)")
+    if report.get("skip_notice"):
+        print(report["skip_notice"], file=sys.stderr)  # last, where it is seen
     return 0 if report["clips_out"] else 1

@@ -106,7 +106,7 @@ def song_caption(labels: dict, user: dict, template: str, song_id: str) -> tuple
         source = "template"
     fields["song_id"] = song_id
     extra = {}
-    for name in ("bpm_confidence", "key_strength", "loudness"):
+    for name in ("bpm_raw", "bpm_confidence", "key_strength", "loudness"):
         if labels.get(name) is not None:
             extra[name] = labels[name]
     caption = Caption.from_dict({**fields, **extra})

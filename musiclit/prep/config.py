@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # Bump when the analysis code changes in a way that changes its results.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: brick-wall cut-off measured; tempo from the beat tracker + metrical-level rule
 AUDIO_VERSION = 2  # 2: a kept short tail is written without baked-in silence
 
 DEFAULT_TEMPLATE = "[{genre} ]music[, {mood}][, with {instruments}][, {tempo_word} tempo at {bpm} bpm][, in {key}]"
@@ -33,10 +33,12 @@ class QualityThresholds:
         max_silence: Maximum fraction of 50 ms frames quieter than ``silence_db``.
         silence_db: Level (dBFS, RMS) below which a frame counts as silent.
         max_clipping: Maximum fraction of samples that are clipped (at full scale or on a flat top).
-        min_bandwidth: Minimum effective bandwidth in Hz (the highest frequency whose long-term level
-            is within 60 dB of the loudest); a 128 kbps MP3 is cut near 16.7 kHz.
-        min_bandwidth_ratio: The bandwidth threshold never exceeds this fraction of the file's Nyquist
-            frequency (so a genuine 32 kHz file is not rejected for having no content above 16 kHz).
+        min_bandwidth: Upper limit (Hz) of the lowest acceptable brick-wall cut-off. Only a cut-off
+            (a lossy encoder's low-pass, the empty top of an upsampled file) rejects a song; a natural
+            roll-off never does. 0 keeps every song.
+        min_bandwidth_ratio: A cut-off must reach this fraction of the band the model hears (half
+            of the lower of the clip rate and the file's rate): at 32 kHz, 0.85 x 16 kHz = 13.6 kHz, so
+            a 128 kbps MP3 (cut near 16 kHz) is kept and a 56 kbps one (11 kHz) is not.
         duplicate_distance: Maximum fingerprint distance (bit error rate, 0..1) for two songs to count
             as near duplicates.
         check_duplicates: Detect exact and near duplicates.

@@ -1,22 +1,28 @@
 """Step 4: auto-labelling with Essentia (tempo, key, loudness), file tags, optional TensorFlow models.
 
-Tempo: Essentia's ``PercivalBpmEstimator`` gives a first estimate. Beat trackers often lock onto the
-wrong metrical level: a slow piece with a busy hi-hat is reported at double tempo, a fast one with a
-half-time feel at half tempo. :func:`correct_octave` checks the metrical level on a multi-band onset
-envelope (log band energies, so kick and snare weigh alike):
+Tempo (:func:`estimate_tempo`): Essentia's Degara beat tracker (``TempoTapDegara`` on a complex-domain
+onset function, the ``degara`` method of ``RhythmExtractor2013``) gives the raw tempo. Beat trackers
+often lock onto the wrong metrical level: a slow piece with running eighth notes is reported at double
+tempo, a fast one with a half-time feel at half. :func:`choose_metrical_level` only changes the level
+when the accent evidence outweighs a prior on typical tempi:
 
-* **halve** when the estimated beats alternate strong/weak (every other "beat" carries most of the
-  onset energy, the pattern of subdivisions of a slower beat);
-* **double** when the positions halfway between the beats are as strong as the beats themselves (the
-  beat is twice as fast).
+* the evidence is measured on the tracked beats: the weak/strong ratio of every other beat
+  (``alternation``: low when every other "beat" is much weaker, the pattern of subdivisions of a slower
+  beat) and the offbeat/beat ratio (how strong the positions halfway between the beats are), each the
+  geometric mean of two cues, onsets (:func:`onset_envelope`) and harmonic change
+  (:func:`harmonic_change_envelope`): subdivisions are weaker in both, while a bar-level accent (drums,
+  a strong downbeat) still has the harmony and melody changing on every beat;
+* the prior is log-normal around ``TYPICAL_BPM`` (83 BPM: the period of maximal pulse salience,
+  about 0.72 s, in Parncutt's 1994 model of pulse perception): halving a raw estimate needs stronger
+  evidence the slower the halved tempo would be, doubling one needs it the faster the doubled tempo.
 
-The confidence (0..1) is the regularity of the beat (normalised autocorrelation of the onset envelope
-at the beat period) times how clearly the octave tests decided (distance of the measured ratios from
-their thresholds).
+The confidence (0..1) combines how far the evidence is from the decision threshold with whether a
+second, independent estimator (Essentia's ``PercivalBpmEstimator``) agrees with the raw estimate.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +34,12 @@ from musiclit.data.caption import Caption
 ENV_FFT = 512
 ENV_HOP = 128
 ENV_BANDS = 24
-ALTERNATION_THRESHOLD = 0.4  # weak/strong beat ratio below which the beat is halved
-OFFBEAT_THRESHOLD = 0.5  # offbeat/beat ratio above which the beat is doubled
+TYPICAL_BPM = 83.0  # centre of the tempo prior: Parncutt's (1994) period of maximal pulse salience, ~0.72 s
+MAX_HALVING_RATIO = 0.6  # never halve when the weak beats carry more than this share of the strong beats' onsets
+AGREE_TOLERANCE = 0.04  # two estimates agree when within 4 %
+DEGARA_HOP_44K = 1024  # Essentia's BeatTrackerDegara: 2048-sample frames, hop 1024 at 44.1 kHz
+
+KEY_FRAME_44K = 4096  # KeyExtractor's default frame (and hop) at 44.1 kHz
 
 KEY_NAMES = {"A#": "Bb", "D#": "Eb", "G#": "Ab", "Db": "C#", "Gb": "F#"}
 
@@ -55,13 +65,15 @@ class Tempo:
     """A tempo estimate.
 
     Attributes:
-        bpm: Tempo after octave correction.
-        raw_bpm: Essentia's estimate before the correction.
-        confidence: 0..1.
+        bpm: Final tempo (after the metrical-level choice).
+        raw_bpm: Essentia's beat-tracker estimate before it.
+        confidence: 0..1 (see :func:`tempo_confidence`).
         octave: "kept", "halved" or "doubled".
         first_beat: Time of the first beat in the analysed excerpt, in seconds.
-        alternation: Weak/strong beat ratio at the raw tempo.
-        offbeat: Offbeat/beat ratio at the raw tempo.
+        alternation: Weak/strong ratio of every other beat at the raw tempo (low: the raw beats are
+            subdivisions of a slower beat).
+        offbeat: Offbeat/beat ratio at the raw tempo (high: the beat may be twice as fast).
+        second_bpm: The second estimator's (Percival) raw tempo, for the agreement check.
     """
 
     bpm: float
@@ -71,6 +83,7 @@ class Tempo:
     first_beat: float
     alternation: float
     offbeat: float
+    second_bpm: float = 0.0
 
 
 def onset_envelope(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
@@ -93,6 +106,38 @@ def onset_envelope(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
     bands = np.add.reduceat(power, bins[:-1], axis=1)[:, : len(bins) - 1]
     logb = np.log1p(1000 * bands / (bands.max() + 1e-12))
     flux = np.maximum(0, np.diff(logb, axis=0)).sum(axis=1)
+    fps = rate / hop
+    width = max(1, int(fps * 0.5))
+    local = np.convolve(flux, np.ones(width) / width, mode="same")
+    return np.maximum(0, flux - local), fps
+
+
+def harmonic_change_envelope(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
+    """Harmonic-change envelope: rise of the pitch-class profile (80 Hz - 2 kHz) from frame to frame.
+
+    Each frame's chroma is normalised to unit sum, so the envelope follows changes of pitch content
+    (a new chord, a new melody note) and not loudness: a drum hit or an accent on a repeated chord
+    barely moves it. Frames of 93 ms, hop 23 ms.
+
+    Returns:
+        ``(envelope, frames_per_second)``, high-passed like :func:`onset_envelope`.
+    """
+    hop = max(1, round(256 * rate / 11025))
+    n_fft = max(256, round(1024 * rate / 11025))
+    if x.size < n_fft + hop:
+        return np.zeros(0), rate / hop
+    frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float32), n_fft)[::hop] * np.hanning(n_fft).astype(
+        np.float32
+    )
+    mag = np.abs(np.fft.rfft(frames, axis=1))
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
+    use = np.nonzero((freqs >= 80) & (freqs <= 2000))[0]
+    pitch_class = np.round(12 * np.log2(freqs[use] / 440.0)).astype(int) % 12
+    folding = np.zeros((use.size, 12), dtype=np.float32)
+    folding[np.arange(use.size), pitch_class] = 1.0
+    chroma = mag[:, use] @ folding
+    chroma = chroma / (chroma.sum(axis=1, keepdims=True) + 1e-9)
+    flux = np.maximum(0, np.diff(chroma, axis=0)).sum(axis=1)
     fps = rate / hop
     width = max(1, int(fps * 0.5))
     local = np.convolve(flux, np.ones(width) / width, mode="same")
@@ -128,66 +173,218 @@ def _best_phase(held: np.ndarray, period: float) -> tuple[float, float]:
     return float(phases[i]), float(strengths[i])
 
 
-def correct_octave(env: np.ndarray, fps: float, bpm: float, min_bpm: float, max_bpm: float) -> Tempo:
-    """Pick the metrical level of a tempo estimate (see the module docstring).
+def halving_threshold(raw_bpm: float, typical: float = TYPICAL_BPM, cap: float = MAX_HALVING_RATIO) -> float:
+    """Largest weak/strong ratio at which a raw tempo is read as subdivisions of half that tempo.
+
+    The accent evidence is weighed against a log-normal tempo prior centred on ``TYPICAL_BPM``: at
+    ``sqrt(2) * TYPICAL_BPM`` (117 BPM) the raw and the halved tempo are equally likely a priori and a
+    weak/strong ratio below 0.5 decides; the threshold scales with the raw tempo (halving a 100 BPM
+    estimate to 50 needs a ratio below 0.43, a 140 BPM one to 70 below 0.6), and never exceeds
+    ``MAX_HALVING_RATIO``: clearly alternating beats are needed even where the prior favours halving.
+    """
+    return min(cap, raw_bpm / (2 * math.sqrt(2) * typical))
+
+
+def doubling_threshold(raw_bpm: float, typical: float = TYPICAL_BPM) -> float:
+    """Smallest offbeat/beat ratio at which a raw tempo is read as half the beat.
+
+    The halving rule read from the doubled level: the midpoints must be at least
+    ``halving_threshold(2 * raw)`` as strong as the beats, without the cap, so a fast doubled tempo
+    needs midpoints about as strong as the beats (at 59 BPM a ratio of 0.5, at 88 BPM 0.75, at 117 BPM 1).
+    """
+    return 2 * raw_bpm / (2 * math.sqrt(2) * typical)
+
+
+def metrical_decision(
+    raw_bpm: float,
+    alternation: float,
+    offbeat: float,
+    min_bpm: float,
+    max_bpm: float,
+    typical: float = TYPICAL_BPM,
+    cap: float = MAX_HALVING_RATIO,
+) -> tuple[str, float]:
+    """The metrical-level rule on measured accent ratios.
+
+    Returns:
+        ``(octave, margin)``: "halved", "doubled" or "kept", and how clearly (in octaves of ratio from
+        the nearest threshold; 1 = a factor of two).
+    """
+    m_half = math.log2(halving_threshold(raw_bpm, typical, cap) / max(alternation, 1e-6))
+    m_double = math.log2(max(offbeat, 1e-6) / doubling_threshold(raw_bpm, typical))
+    if m_half > 0 and raw_bpm / 2 >= min_bpm:
+        return "halved", m_half
+    if m_double > 0 and raw_bpm * 2 <= max_bpm:
+        return "doubled", m_double
+    return "kept", min(-m_half, -m_double)
+
+
+def _accent_ratios(held: np.ndarray, fps: float, beats: np.ndarray) -> tuple[float, float, float] | None:
+    """Weak/strong and offbeat/beat ratios measured on tracked beat times (None: too few beats).
+
+    Following the tracker's beats (rather than a fixed grid) keeps the measurement on the beats when
+    the tempo estimate is off by a fraction of a percent, which over a minute of music would smear a
+    fixed grid across a whole beat. Returns ``(alternation, offbeat, first_strong_beat_s)``.
+    """
+    if beats.size < 8:
+        return None
+    frames = beats * fps
+    mids = (frames[1:] + frames[:-1]) / 2
+
+    def at(pos: np.ndarray, lag: int) -> np.ndarray:
+        return held[np.clip(np.round(pos).astype(int) + lag, 0, held.size - 1)]
+
+    # the envelope and the tracker have different latencies: align on the lag where beats are strongest
+    lag = max(range(-4, 5), key=lambda g: float(at(frames, g).mean()))
+    on = at(frames, lag)
+    # every-other-beat ratio in windows of 16 beats (a phase slip of the tracker only spoils one window)
+    ratios, strong_first = [], []
+    for start in range(0, max(1, on.size - 15), 8):
+        w = on[start : start + 16]
+        even, odd = float(w[0::2].mean()), float(w[1::2].mean())
+        ratios.append(min(even, odd) / max(even, odd, 1e-12))
+        strong_first.append((start % 2 == 0) == (even >= odd))
+    alternation = float(np.median(ratios))
+    offbeat = float(at(mids, lag).mean()) / max(float(on.mean()), 1e-12)
+    first = float(beats[0] if sum(strong_first) * 2 >= len(strong_first) else beats[1])
+    return alternation, offbeat, first
+
+
+def choose_metrical_level(
+    env: np.ndarray,
+    fps: float,
+    bpm: float,
+    min_bpm: float,
+    max_bpm: float,
+    second_bpm: float = 0.0,
+    beats: np.ndarray | None = None,
+    harmonic: tuple[np.ndarray, float] | None = None,
+) -> Tempo:
+    """Pick the metrical level of a raw tempo estimate (see the module docstring).
 
     Args:
-        env: Onset envelope.
+        env: Onset envelope (:func:`onset_envelope`).
         fps: Its frame rate.
-        bpm: First estimate.
+        bpm: Raw estimate.
         min_bpm: Lowest tempo allowed after halving.
         max_bpm: Highest tempo allowed after doubling.
+        second_bpm: A second estimator's raw tempo (0 = none), used for the confidence only.
+        beats: The beat tracker's beat times in seconds; without them (or with fewer than 8) the
+            ratios are measured on a fixed grid at ``bpm``.
+        harmonic: ``(envelope, fps)`` of :func:`harmonic_change_envelope`: a second accent cue; with
+            beats, each ratio is the geometric mean of the onset and the harmonic-change ratio.
     """
     if env.size < 8 or bpm <= 0 or env.max() <= 0:
-        return Tempo(bpm, bpm, 0.0, "kept", 0.0, 1.0, 0.0)
-    period = 60.0 * fps / bpm
+        return Tempo(round(bpm, 1), round(bpm, 1), 0.0, "kept", 0.0, 1.0, 0.0, round(second_bpm, 1))
+    period = 60.0 / bpm
     held = _peak_hold(env)
-    phase, on = _best_phase(held, period)
-    even = _grid_strength(held, 2 * period, phase)
-    odd = _grid_strength(held, 2 * period, phase + period)
-    alternation = min(even, odd) / max(even, odd, 1e-12)
-    offbeat = _grid_strength(held, period, phase + period / 2) / max(on, 1e-12)
-    octave, out_bpm, out_period, out_phase = "kept", bpm, period, phase
-    if alternation < ALTERNATION_THRESHOLD and bpm / 2 >= min_bpm:
-        octave, out_bpm, out_period = "halved", bpm / 2, 2 * period
-        out_phase = phase if even >= odd else phase + period
-        margin = (ALTERNATION_THRESHOLD - alternation) / ALTERNATION_THRESHOLD
-    elif offbeat > OFFBEAT_THRESHOLD and bpm * 2 <= max_bpm:
-        octave, out_bpm, out_period = "doubled", bpm * 2, period / 2
-        margin = min(1.0, (offbeat - OFFBEAT_THRESHOLD) / OFFBEAT_THRESHOLD)
+    measured = _accent_ratios(held, fps, beats) if beats is not None else None
+    if measured is None:
+        phase, on = _best_phase(held, period * fps)
+        even = _grid_strength(held, 2 * period * fps, phase)
+        odd = _grid_strength(held, 2 * period * fps, phase + period * fps)
+        alternation = min(even, odd) / max(even, odd, 1e-12)
+        offbeat = _grid_strength(held, period * fps, phase + period * fps / 2) / max(on, 1e-12)
+        first = (phase if even >= odd else phase + period * fps) / fps
     else:
-        m_alt = (alternation - ALTERNATION_THRESHOLD) / (1 - ALTERNATION_THRESHOLD)
-        m_off = (OFFBEAT_THRESHOLD - offbeat) / OFFBEAT_THRESHOLD
-        margin = max(0.0, min(m_alt, m_off))
-    # regularity: normalised autocorrelation at the beat period
-    e = env - env.mean()
-    lag = round(out_period)
-    denom = float((e * e).sum())
-    acf = float((e[:-lag] * e[lag:]).sum()) / denom if 0 < lag < e.size and denom > 0 else 0.0
-    regularity = max(0.0, min(1.0, acf / max(1e-9, 1 - lag / e.size)))
-    confidence = round(regularity * (0.5 + 0.5 * max(0.0, min(1.0, margin))), 3)
+        alternation, offbeat, first = measured
+        cue = _accent_ratios(_peak_hold(harmonic[0]), harmonic[1], beats) if harmonic is not None else None
+        if cue is not None and harmonic[0].max() > 0:
+            # both cues must show it: accented weak beats (drums, a bar-level accent) leave the harmony
+            # changing on every beat, while subdivisions of a slower beat are weaker in both
+            alternation = math.sqrt(alternation * cue[0])
+            offbeat = math.sqrt(offbeat * cue[1])
+    octave, margin = metrical_decision(bpm, alternation, offbeat, min_bpm, max_bpm)
+    out_bpm = {"halved": bpm / 2, "doubled": bpm * 2}.get(octave, bpm)
+    out_period = 60.0 / out_bpm
     return Tempo(
         bpm=round(out_bpm, 1),
         raw_bpm=round(bpm, 1),
-        confidence=confidence,
+        confidence=tempo_confidence(margin, bpm, second_bpm),
         octave=octave,
-        first_beat=float(out_phase % out_period) / fps,
+        first_beat=float(first % out_period),
         alternation=round(alternation, 3),
         offbeat=round(offbeat, 3),
+        second_bpm=round(second_bpm, 1),
     )
 
 
+def tempo_confidence(margin: float, raw_bpm: float, second_bpm: float) -> float:
+    """Confidence of a tempo label, 0..1.
+
+    ``(0.5 + 0.5 * clearness) * (0.5 + 0.5 * agreement)``: clearness is the decision margin in octaves
+    (distance of the accent ratio from its threshold, 1 = a factor of two), capped at 1; agreement is
+    1 when the second estimator is within 4 % of the raw tempo, 0.5 when it is within 4 % of twice or
+    half of it (the same beat, another metrical level), 0 otherwise or when there is none.
+    """
+    clear = max(0.0, min(1.0, margin))
+    agree = 0.0
+    if raw_bpm > 0 and second_bpm > 0:
+        ratio = second_bpm / raw_bpm
+        if abs(ratio - 1) <= AGREE_TOLERANCE:
+            agree = 1.0
+        elif abs(ratio / 2 - 1) <= AGREE_TOLERANCE or abs(ratio * 2 - 1) <= AGREE_TOLERANCE:
+            agree = 0.5
+    return round((0.5 + 0.5 * clear) * (0.5 + 0.5 * agree), 3)
+
+
+def track_beats(x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: float = 208.0) -> tuple[float, np.ndarray]:
+    """Raw tempo and beat times from Essentia's Degara beat tracker, at any sample rate.
+
+    The onset function is Essentia's complex-domain ``OnsetDetection`` on frames of the same duration
+    as ``BeatTrackerDegara``'s at 44.1 kHz (2048 samples, hop 1024), so its frame rate (43 Hz, doubled by
+    ``TempoTapDegara``) is the one the tracker was designed for. The tempo is 60 over the mean of the
+    beat intervals within 10 % of their median (the median alone is quantised to the frame rate).
+
+    Returns:
+        ``(bpm, beat_times_s)``; bpm is 0.0 when fewer than four beats were found.
+    """
+    es = _essentia()
+    hop = max(64, round(DEGARA_HOP_44K * rate / 44100))
+    window, fft, polar = es.Windowing(type="hann"), es.FFT(), es.CartesianToPolar()
+    detect = es.OnsetDetection(method="complex", sampleRate=rate)
+    odf = [
+        detect(*polar(fft(window(frame))))
+        for frame in es.FrameGenerator(x, frameSize=2 * hop, hopSize=hop, startFromZero=True)
+    ]
+    if len(odf) < 16:
+        return 0.0, np.zeros(0)
+    tracker = es.TempoTapDegara(
+        sampleRateODF=rate / hop,
+        resample="x2",
+        minTempo=int(max(40, min(180, min_bpm))),
+        maxTempo=int(max(60, min(250, max_bpm))),
+    )
+    ticks = np.asarray(tracker(np.asarray(odf, dtype=np.float32)), dtype=np.float64)
+    if ticks.size < 4:
+        return 0.0, ticks
+    ibi = np.diff(ticks)
+    med = float(np.median(ibi))
+    steady = ibi[np.abs(ibi - med) <= 0.1 * med]
+    return 60.0 / float(steady.mean() if steady.size else med), ticks
+
+
 def estimate_tempo(x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: float = 220.0) -> Tempo:
-    """Tempo of mono audio: Essentia's Percival estimator plus the octave correction."""
+    """Tempo of mono audio: Essentia's beat tracker, a metrical-level choice, and a confidence.
+
+    Args:
+        x: Mono audio.
+        rate: Its sample rate (11025 Hz is plenty).
+        min_bpm: Lowest tempo reported.
+        max_bpm: Highest tempo reported.
+    """
     es = _essentia()
     lo, hi = max(30.0, min_bpm), min(300.0, max_bpm)
-    # let the raw estimate range one octave around the allowed range, the correction brings it back
-    raw = float(es.PercivalBpmEstimator(sampleRate=rate, minBPM=int(lo), maxBPM=int(hi))(x))
+    second = float(es.PercivalBpmEstimator(sampleRate=rate, minBPM=int(lo), maxBPM=int(hi))(x))
+    raw, beats = track_beats(x, rate, lo, hi)
+    if raw <= 0:
+        raw, beats = second, np.zeros(0)
     env, fps = onset_envelope(x, rate)
-    tempo = correct_octave(env, fps, raw, lo, hi)
+    harmonic = harmonic_change_envelope(x, rate)
+    tempo = choose_metrical_level(env, fps, raw, lo, hi, second, beats, harmonic)
     while tempo.bpm > hi:
         tempo.bpm, tempo.octave = round(tempo.bpm / 2, 1), "halved"
-    while tempo.bpm < lo:
+    while 0 < tempo.bpm < lo:
         tempo.bpm, tempo.octave = round(tempo.bpm * 2, 1), "doubled"
     return tempo
 
@@ -195,11 +392,16 @@ def estimate_tempo(x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: flo
 def estimate_key(x: np.ndarray, rate: int, profile: str = "bgate") -> tuple[str, float]:
     """Key of mono audio with Essentia's KeyExtractor.
 
+    KeyExtractor's frame defaults (4096 samples, hop 4096) are meant for 44.1 kHz; at another rate the
+    frames keep their duration (93 ms), not their sample count (4096 samples at 11 kHz would be 0.37 s
+    frames that smear chord changes and drum hits into the pitch profile).
+
     Returns:
         ``("A minor", strength)``; sharps are spelled as the usual flats (Bb, Eb, Ab).
     """
     es = _essentia()
-    key, scale, strength = es.KeyExtractor(sampleRate=rate, profileType=profile)(x)
+    frame = max(256, 2 * round(KEY_FRAME_44K * rate / 44100 / 2))
+    key, scale, strength = es.KeyExtractor(sampleRate=rate, profileType=profile, frameSize=frame, hopSize=frame)(x)
     key = KEY_NAMES.get(key, key)
     return f"{key} {scale}", round(float(strength), 3)
 
@@ -256,56 +458,172 @@ def tensorflow_available() -> bool:
     return hasattr(es, "TensorflowPredictEffnetDiscogs") and hasattr(es, "TensorflowPredict2D")
 
 
+EMBEDDING_MODEL = "discogs-effnet-bs64-1"
+DEFAULT_HEAD_INPUT = "model/Placeholder"
+DEFAULT_HEAD_OUTPUT = "model/Sigmoid"
+DEFAULT_EMBEDDING_OUTPUT = "PartitionedCall:1"
+
+
+def read_model_card(path: Path) -> dict:
+    """A model card (Essentia's ``<model>.json``) as a dict; {} when absent or unreadable."""
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _node(entries: object, purpose: str | None) -> str | None:
+    """Name of the node with ``output_purpose == purpose`` (else the first) in a list of node entries."""
+    if not isinstance(entries, list):
+        return None
+    named = [e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"]]
+    if purpose is not None:
+        for entry in named:
+            if entry.get("output_purpose") == purpose:
+                return entry["name"]
+    return named[0]["name"] if named else None
+
+
+def model_card_nodes(card: dict, default_input: str, default_output: str, purpose: str) -> tuple[str, str]:
+    """Input and output node names of a model, read from its model card.
+
+    Essentia's cards list the graph's nodes as ``{"inputs": [{"name": ...}], "outputs": [{"name": ...,
+    "output_purpose": "predictions" | "embeddings"}]}`` under ``schema``; the same lists under
+    ``inference`` are read too. The discogs400 genre head, for example, takes
+    ``serving_default_model_Placeholder`` and gives ``PartitionedCall:0``. The defaults are used only
+    for a name the card does not give.
+
+    Args:
+        card: The parsed model card.
+        default_input: Input node when the card names none.
+        default_output: Output node when the card names none.
+        purpose: ``output_purpose`` of the output wanted ("predictions" for a head, "embeddings" for
+            the embedding model).
+
+    Returns:
+        ``(input_name, output_name)``.
+    """
+    input_name = output_name = None
+    for section in ("schema", "inference"):
+        block = card.get(section)
+        if isinstance(block, dict):
+            input_name = input_name or _node(block.get("inputs"), None)
+            output_name = output_name or _node(block.get("outputs"), purpose)
+    return input_name or default_input, output_name or default_output
+
+
+@dataclass
+class TFHead:
+    """One classifier head: its graph, classes and node names (from its model card).
+
+    Attributes:
+        kind: "genre", "mood" or "instrument".
+        graph: The ``.pb`` file.
+        classes: Class names, in output order.
+        input: Input node name.
+        output: Output node name.
+    """
+
+    kind: str
+    graph: Path
+    classes: list[str]
+    input: str = DEFAULT_HEAD_INPUT
+    output: str = DEFAULT_HEAD_OUTPUT
+
+
 @dataclass
 class TFModels:
     """Essentia TensorFlow models found in a folder.
 
-    A folder holds ``discogs-effnet-bs64-1.pb`` (the embedding model) and any number of classifier
-    heads ``<name>.pb`` with their metadata ``<name>.json`` (Essentia's model cards, with ``classes``
-    and an ``inference`` section). Heads whose name contains "genre" give genres, "mood" moods and
-    "instrument" instruments.
+    A folder holds the embedding model ``discogs-effnet-bs64-1.pb`` (its card ``.json`` optional) and
+    any number of classifier heads ``<name>.pb`` with their model cards ``<name>.json`` (Essentia's
+    format: ``classes``, the node names under ``schema``, see :func:`model_card_nodes`). Heads whose
+    name contains "genre" give genres, "mood" moods and "instrument" instruments.
     """
 
     embedding: Path
-    heads: list[tuple[str, Path, list[str]]] = field(default_factory=list)
+    heads: list[TFHead] = field(default_factory=list)
+    embedding_output: str = DEFAULT_EMBEDDING_OUTPUT
+    embedding_input: str | None = None  # None: the predictor's own default
 
     @classmethod
     def find(cls, folder: Path) -> tuple[TFModels | None, str]:
         """Look for the models; returns ``(models or None, message)``."""
-        import json
-
         if not tensorflow_available():
             return None, TF_MISSING_MESSAGE
         folder = Path(folder)
-        embedding = folder / "discogs-effnet-bs64-1.pb"
+        embedding = folder / f"{EMBEDDING_MODEL}.pb"
         if not embedding.is_file():
             return None, f"{embedding}: embedding model not found; genre/mood/instrument labels are off"
+        embedding_input, embedding_output = model_card_nodes(
+            read_model_card(embedding.with_suffix(".json")), "", DEFAULT_EMBEDDING_OUTPUT, "embeddings"
+        )
         heads = []
         for pb in sorted(folder.glob("*.pb")):
             if pb == embedding:
                 continue
-            meta = pb.with_suffix(".json")
             kind = next((k for k in ("genre", "mood", "instrument") if k in pb.stem), None)
-            if kind is None or not meta.is_file():
+            card = read_model_card(pb.with_suffix(".json"))
+            if kind is None or not card:
                 continue
-            classes = json.loads(meta.read_text(encoding="utf-8")).get("classes", [])
-            heads.append((kind, pb, [str(c) for c in classes]))
+            input_name, output_name = model_card_nodes(card, DEFAULT_HEAD_INPUT, DEFAULT_HEAD_OUTPUT, "predictions")
+            classes = card.get("classes") if isinstance(card.get("classes"), list) else []
+            heads.append(TFHead(kind, pb, [str(c) for c in classes], input_name, output_name))
         if not heads:
             return None, f"{folder}: no genre/mood/instrument heads (<name>.pb + <name>.json) found"
-        return cls(embedding, heads), f"TensorFlow models: {', '.join(h[1].name for h in heads)}"
+        models = cls(embedding, heads, embedding_output, embedding_input or None)
+        return models, f"TensorFlow models: {', '.join(h.graph.name for h in heads)}"
 
-    def predict(self, x16k: np.ndarray, top: int = 3, threshold: float = 0.1) -> dict[str, list[str]]:
-        """Top labels per kind for 16 kHz mono audio."""
+    def predict(self, x16k: np.ndarray, top: int = 3, threshold: float = 0.1) -> tuple[dict[str, list[str]], list[str]]:
+        """Top labels per kind for 16 kHz mono audio.
+
+        A head that fails (a broken graph, wrong node names, a shape mismatch) is reported and skipped;
+        the other heads still run.
+
+        Returns:
+            ``(labels by kind, error messages)``.
+
+        Raises:
+            RuntimeError: The embedding model itself fails (no head can run); the caller reports it.
+        """
         es = _essentia()
-        emb = es.TensorflowPredictEffnetDiscogs(graphFilename=str(self.embedding), output="PartitionedCall:1")(x16k)
+        embed = _tf_predictor(
+            es, "TensorflowPredictEffnetDiscogs", str(self.embedding), self.embedding_input, self.embedding_output
+        )
+        emb = embed(x16k)
         out: dict[str, list[str]] = {}
-        for kind, pb, classes in self.heads:
-            model = es.TensorflowPredict2D(graphFilename=str(pb), input="model/Placeholder", output="model/Sigmoid")
-            scores = np.asarray(model(emb)).mean(axis=0)
+        errors: list[str] = []
+        for head in self.heads:
+            try:
+                model = _tf_predictor(es, "TensorflowPredict2D", str(head.graph), head.input, head.output)
+                scores = np.asarray(model(emb), dtype=np.float64)
+                scores = scores.mean(axis=0) if scores.ndim == 2 else scores.reshape(-1)
+            except Exception as err:  # essentia raises RuntimeError; anything from a broken graph is per head
+                errors.append(f"{head.graph.name}: {err}")
+                continue
+            if head.classes and scores.size != len(head.classes):
+                errors.append(f"{head.graph.name}: {scores.size} scores for {len(head.classes)} classes in its card")
+                continue
             order = np.argsort(scores)[::-1][:top]
-            labels = [classes[i].split("---")[-1] for i in order if i < len(classes) and scores[i] >= threshold]
-            out.setdefault(kind, []).extend(labels)
-        return out
+            # sizes match (checked above); a card without classes gives no names
+            found = [head.classes[i].split("---")[-1] for i in order if head.classes and scores[i] >= threshold]
+            out.setdefault(head.kind, []).extend(found)
+        return out, errors
+
+
+_PREDICTORS: dict[tuple, object] = {}
+
+
+def _tf_predictor(es: object, algorithm: str, graph: str, input_name: str | None, output_name: str) -> object:
+    """An Essentia TensorFlow predictor, built once per process (loading a graph takes seconds)."""
+    key = (id(es), algorithm, graph, input_name, output_name)
+    if key not in _PREDICTORS:
+        kwargs = {"graphFilename": graph, "output": output_name}
+        if input_name is not None:
+            kwargs["input"] = input_name
+        _PREDICTORS[key] = getattr(es, algorithm)(**kwargs)
+    return _PREDICTORS[key]
 
 
 def labels_to_caption_fields(labels: dict) -> dict:

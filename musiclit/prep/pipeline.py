@@ -102,16 +102,19 @@ def process_song(task: SongTask) -> dict:
                     head, _ = quality.mono_excerpt(buf, cfg.sample_rate, cfg.analysis_rate, quality.FP_SECONDS, "start")
                 analysis["fingerprint"] = quality.encode_fingerprint(quality.fingerprint(head, cfg.analysis_rate))
             timing["fingerprint"] = time.perf_counter() - t
-            verdict = quality_verdict(analysis, cfg.quality) if cfg.filter else None
+            verdict = quality_verdict(analysis, cfg.quality, cfg.sample_rate) if cfg.filter else None
             if verdict is None or not cfg.filter:
                 t = time.perf_counter()
-                analysis["labels"] = _label(task, buf, excerpt, labels, quality)
+                try:
+                    analysis["labels"] = _label(task, buf, excerpt, labels, quality)
+                except Exception as err:  # an analysis failure costs this song its labels, not the run
+                    analysis["labels"] = {"label_error": f"{task.rel}: labels failed ({type(err).__name__}: {err})"}
                 timing["labels"] = time.perf_counter() - t
         clips = None
         if (
             task.write_clips
             and analysis is not None
-            and (not cfg.filter or quality_verdict(analysis, cfg.quality) is None)
+            and (not cfg.filter or quality_verdict(analysis, cfg.quality, cfg.sample_rate) is None)
         ):
             t = time.perf_counter()
             clips = _write_song_clips(buf, Path(task.output), task.song_id, analysis, cfg, chunk)
@@ -141,7 +144,10 @@ def _label(task: SongTask, buf: Any, excerpt: tuple, labels: Any, quality: Any) 
         bpm=tempo.bpm,
         bpm_confidence=tempo.confidence,
         bpm_raw=tempo.raw_bpm,
+        bpm_second=tempo.second_bpm,
         bpm_octave=tempo.octave,
+        bpm_alternation=tempo.alternation,
+        bpm_offbeat=tempo.offbeat,
         beat_period=period,
         first_beat=((offset + tempo.first_beat) % period) if period else None,
     )
@@ -150,11 +156,17 @@ def _label(task: SongTask, buf: Any, excerpt: tuple, labels: Any, quality: Any) 
     if cfg.tf_models:
         models, _message = labels.TFModels.find(cfg.tf_models)
         if models is not None:
-            x16, _ = quality.mono_excerpt(buf, cfg.sample_rate, 16000, cfg.analysis_max_duration, "middle")
-            predicted = models.predict(x16)
+            # one broken model or odd song must not stop the run: the error goes to the report
+            try:
+                x16, _ = quality.mono_excerpt(buf, cfg.sample_rate, 16000, cfg.analysis_max_duration, "middle")
+                predicted, errors = models.predict(x16)
+            except Exception as err:
+                predicted, errors = {}, [f"embedding model {models.embedding.name}: {err}"]
             out["genres"] = predicted.get("genre", [])
             out["moods"] = predicted.get("mood", [])
             out["instruments"] = predicted.get("instrument", [])
+            if errors:
+                out["tf_errors"] = errors
     return out
 
 
@@ -179,10 +191,19 @@ def _write_song_clips(
 
 
 # ---------------------------------------------------------------------- quality decisions
-def quality_verdict(analysis: dict, q: QualityThresholds) -> Skip | None:
-    """The first quality threshold a song's measurements cross, as a :class:`Skip` (path filled later)."""
+def quality_verdict(analysis: dict, q: QualityThresholds, sample_rate: int) -> Skip | None:
+    """The first quality threshold a song's measurements cross, as a :class:`Skip` (path filled later).
+
+    Bandwidth: only a brick-wall cut-off (see :func:`musiclit.prep.quality.find_cutoff`) below the
+    band the model hears rejects a song; a natural roll-off, however low, does not.
+
+    Args:
+        analysis: The song's analysis (its ``measurements``).
+        q: Thresholds.
+        sample_rate: Sample rate of the clips (what the model hears ends at half of it).
+    """
     m = analysis["measurements"]
-    from musiclit.prep.quality import effective_bandwidth_threshold
+    from musiclit.prep.quality import bandwidth_threshold
 
     if m["duration"] < q.min_duration:
         return Skip(
@@ -208,14 +229,16 @@ def quality_verdict(analysis: dict, q: QualityThresholds) -> Skip | None:
             round(m["clipped_fraction"], 5),
             q.max_clipping,
         )
-    threshold = effective_bandwidth_threshold(q.min_bandwidth, q.min_bandwidth_ratio, m["native_rate"])
-    if m["bandwidth"] < threshold:
+    cutoff = m.get("cutoff")
+    threshold = bandwidth_threshold(q.min_bandwidth, q.min_bandwidth_ratio, m["native_rate"], sample_rate)
+    if cutoff is not None and cutoff < threshold:
         return Skip(
             "",
             "low_bandwidth",
-            f"effective bandwidth {m['bandwidth']:.0f} Hz < {threshold:.0f} Hz "
-            f"(a low-bitrate MP3 or an upsampled file; native rate {m['native_rate']} Hz)",
-            round(m["bandwidth"], 1),
+            f"brick-wall cut-off at {cutoff / 1000:.1f} kHz (a low-bitrate lossy encode or an upsampled file), "
+            f"below {threshold / 1000:.1f} kHz = {q.min_bandwidth_ratio:g} x the "
+            f"{min(m['native_rate'], sample_rate) / 2000:g} kHz the model hears at {sample_rate} Hz",
+            round(cutoff, 1),
             round(threshold, 1),
         )
     return None
@@ -472,7 +495,7 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
         if not analysis:
             skips.append(Skip(s.rel, "undecodable", "no analysis result"))
             continue
-        verdict = quality_verdict(analysis, config.quality) if config.filter else None
+        verdict = quality_verdict(analysis, config.quality, config.sample_rate) if config.filter else None
         if verdict is not None:
             verdict.path = s.rel
             skips.append(verdict)

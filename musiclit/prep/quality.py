@@ -22,6 +22,10 @@ CLIP_LEVEL = 0.999
 PLATEAU_LEVEL = 0.5
 BANDWIDTH_FFT = 4096
 BANDWIDTH_FLOOR_DB = 60.0
+CUTOFF_DROP_DB = 30.0  # a brick wall: the spectrum falls by at least this much ...
+CUTOFF_BELOW = (1500.0, 0.15)  # ... from its mean level over the 1500 Hz (at most 15 % of fc) below fc ...
+CUTOFF_GAP = (300.0, 0.05)  # ... (leaving 300 Hz, at most 5 % of fc, on each side of fc for the transition) ...
+# ... to its maximum anywhere above, up to the Nyquist frequency
 SILENCE_FRAME_S = 0.05
 FP_RATE_FFT = 2048
 FP_HOP = 256
@@ -113,9 +117,12 @@ class Measurements:
         native_channels: The file's channel count.
         format: soundfile's format name (e.g. "MP3", "FLAC").
         clipped_fraction: Fraction of samples at full scale or on a flat top.
-        bandwidth: Effective bandwidth in Hz.
+        bandwidth: Effective bandwidth in Hz (highest frequency within 60 dB of the spectrum's peak).
         silent_fraction: Fraction of 50 ms frames below the silence level.
         peak: Peak absolute sample value.
+        cutoff: Frequency in Hz of a brick-wall cut-off (a lossy encoder's low-pass, or the edge of
+            audio upsampled from a lower rate), None when the spectrum rolls off naturally.
+        cutoff_drop_db: Depth of the steepest drop found (dB), whether or not it counts as a cut-off.
     """
 
     duration: float
@@ -126,6 +133,8 @@ class Measurements:
     bandwidth: float
     silent_fraction: float
     peak: float
+    cutoff: float | None = None
+    cutoff_drop_db: float = 0.0
 
 
 def _clipped_count(x: np.ndarray) -> int:
@@ -213,6 +222,7 @@ def decode_and_measure(
         buf.close()
         raise AudioError(f"{path}: no audio samples (empty or truncated file)")
     bandwidth = _bandwidth(ltas, rate) if n_frames else 0.0
+    cutoff, drop = find_cutoff(ltas, rate) if n_frames else (None, 0.0)
     silent = _silent_fraction(buf, out_rate, silence_db)
     meas = Measurements(
         duration=total / rate,
@@ -223,6 +233,8 @@ def decode_and_measure(
         bandwidth=bandwidth,
         silent_fraction=silent,
         peak=peak,
+        cutoff=cutoff,
+        cutoff_drop_db=drop,
     )
     return meas, buf
 
@@ -241,6 +253,51 @@ def _bandwidth(ltas: np.ndarray, rate: int) -> float:
     if above.size == 0 or ltas.max() <= 1e-20:
         return 0.0
     return float(above.max() * rate / BANDWIDTH_FFT)
+
+
+def find_cutoff(ltas: np.ndarray, rate: int) -> tuple[float | None, float]:
+    """Find a brick-wall cut-off in a long-term power spectrum.
+
+    A lossy encoder low-passes at a fixed frequency (LAME: about 16 kHz at 128 kbps, 19 kHz at 192 kbps)
+    and codes nothing above it, and audio upsampled from a lower rate is empty above the old Nyquist
+    frequency: the spectrum falls off a cliff and stays at nothing up to the Nyquist frequency. Acoustic
+    instruments (or a soft recording) roll off gradually, and a lossless file keeps its noise floor
+    up to the top. The test at each frequency ``fc``: the mean level over ``[fc - 1500, fc - 300]`` Hz
+    exceeds the highest level anywhere above ``fc + 300`` Hz by at least ``CUTOFF_DROP_DB`` (below
+    10 kHz the windows shrink to ``[0.85, 0.95] x fc`` and ``1.05 x fc``, so that a roll-off of even
+    30 dB per octave drops less than 30 dB across them).
+
+    Args:
+        ltas: Long-term power spectrum, ``BANDWIDTH_FFT // 2 + 1`` bins.
+        rate: Its sample rate.
+
+    Returns:
+        ``(cutoff_hz or None, drop_db)``: the frequency of the steepest drop when it is a cliff, and its
+        depth in dB (reported either way).
+    """
+    n = ltas.size
+    hz = rate / BANDWIDTH_FFT
+    if ltas.max() <= 1e-20 or n < 64:
+        return None, 0.0
+    # light smoothing (5 bins, about 50 Hz at 44.1 kHz) so a single empty bin is not a cliff
+    db = 10 * np.log10(np.convolve(ltas, np.ones(5) / 5, mode="same") + 1e-30)
+    db = np.maximum(db, db.max() - 200.0)
+    cum = np.concatenate([[0.0], np.cumsum(db)])
+    above_max = np.maximum.accumulate(db[::-1])[::-1]  # max of db[k:] for each k
+    centres = np.arange(max(1, round(1000 / hz)), n)
+    f = centres * hz
+    # windows relative to fc at low frequencies, so a steady roll-off (dB per octave) never looks like a cliff
+    gap = np.maximum(1, np.round(np.minimum(CUTOFF_GAP[0], CUTOFF_GAP[1] * f) / hz)).astype(int)
+    width = np.maximum(gap + 1, np.round(np.minimum(CUTOFF_BELOW[0], CUTOFF_BELOW[1] * f) / hz)).astype(int)
+    ok = centres + gap < n - 1
+    centres, gap, width = centres[ok], gap[ok], width[ok]
+    if centres.size == 0:
+        return None, 0.0
+    below = (cum[centres - gap] - cum[centres - width]) / (width - gap)
+    drop = below - above_max[centres + gap]
+    i = int(np.argmax(drop))
+    depth = float(drop[i])
+    return (float(centres[i] * hz) if depth >= CUTOFF_DROP_DB else None), round(depth, 1)
 
 
 def _silent_fraction(buf: SpillBuffer, rate: int, silence_db: float) -> float:
@@ -345,6 +402,11 @@ def decode_fingerprint(text: str) -> np.ndarray:
     return np.frombuffer(bytes.fromhex(text), dtype="<u2").astype(np.uint16)
 
 
-def effective_bandwidth_threshold(min_bandwidth: float, ratio: float, native_rate: int) -> float:
-    """Bandwidth threshold for a file: ``min(min_bandwidth, ratio * Nyquist)``."""
-    return min(min_bandwidth, ratio * native_rate / 2)
+def bandwidth_threshold(min_bandwidth: float, ratio: float, native_rate: int, out_rate: int) -> float:
+    """Lowest acceptable brick-wall cut-off (Hz) for a file.
+
+    What the model can hear ends at the Nyquist frequency of the clips (16 kHz at 32 kHz) or of the
+    file, whichever is lower; a cut-off at ``ratio`` of that band is enough, and the threshold never
+    exceeds ``min_bandwidth``.
+    """
+    return min(min_bandwidth, ratio * min(native_rate, out_rate) / 2)
