@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from collections import OrderedDict
 from typing import Any, Literal
@@ -111,6 +112,10 @@ class MusicGenModule(L.LightningModule):
         if compile_layers:
             for layer in self.base.decoder.model.decoder.layers:
                 layer.compile()
+        # from_pretrained returns eval mode and Lightning keeps the modes it finds: set them here (and again
+        # in on_fit_start), or the decoder trains without its dropout and without gradient checkpointing
+        self.train()
+        self._eval_warning_filter: Any = None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -128,6 +133,45 @@ class MusicGenModule(L.LightningModule):
         self.base.text_encoder.eval()
         self.base.audio_encoder.eval()
         return self
+
+    def frozen_module_names(self) -> set[str]:
+        """Names (as in ``named_modules``) of every module of the frozen text encoder and codec."""
+        frozen = {id(m) for part in (self.base.text_encoder, self.base.audio_encoder) for m in part.modules()}
+        return {name for name, m in self.named_modules() if id(m) in frozen}
+
+    def on_fit_start(self) -> None:
+        """Training modes for fit: the decoder (and everything with trainable weights) in train mode, the
+        frozen encoders in eval; Lightning's warning about modules in eval mode is hidden for exactly them."""
+        self.train()
+        self._hide_expected_eval_warning()
+
+    def on_train_start(self) -> None:
+        """Lightning has checked the modes (at the start of its training loop): drop the narrow filter."""
+        self._restore_warning_filters()
+
+    def on_fit_end(self) -> None:
+        """Drop the narrow filter if training never started (nothing to train, or stopped in sanity check)."""
+        self._restore_warning_filters()
+
+    def _hide_expected_eval_warning(self) -> None:
+        # Lightning warns "Found N module(s) in eval mode at the start of training." The frozen T5 and codec
+        # are in eval by design. Hide the warning only for exactly that N, and only when the modules in eval
+        # are exactly the frozen ones: anything else in eval mode (a bug) is still reported.
+        in_eval = {name for name, m in self.named_modules() if not m.training}
+        if not in_eval or in_eval != self.frozen_module_names():
+            return
+        self._restore_warning_filters()
+        self._eval_warning_filter = warnings.catch_warnings()
+        self._eval_warning_filter.__enter__()
+        message = f"Found {len(in_eval)} module(s) in eval mode at the start of training."
+        warnings.filterwarnings("ignore", message=re.escape(message))
+
+    def _restore_warning_filters(self) -> None:
+        # catch_warnings restores the filter list as it was in on_fit_start (filters added in between, by
+        # setup or the sanity check, are dropped with it)
+        if getattr(self, "_eval_warning_filter", None) is not None:
+            self._eval_warning_filter.__exit__(None, None, None)
+            self._eval_warning_filter = None
 
     def setup(self, stage: str) -> None:
         """Cast frozen weights to the compute dtype when the precision allows it."""
