@@ -41,8 +41,9 @@ class MusicGenModule(L.LightningModule):
         frozen_dtype: Dtype of the frozen text encoder and frozen decoder weights. "auto": bfloat16 under
             ``bf16-mixed`` precision (saves the per-step weight casts and half the memory), else float32.
             The codec always stays float32.
-        seed: Seed of the per-step randomness (CFG dropout, LoRA dropout); keyed by the batch index so
-            that a resumed run draws exactly what an uninterrupted run draws.
+        seed: Seed of the per-step randomness (CFG dropout, LoRA and decoder dropout); keyed by the batch
+            index, so that a resumed run draws exactly what an uninterrupted run draws, and by the process
+            rank, so that DDP ranks draw different masks (rank 0 draws what a single process draws).
         text_cache_size: Captions whose text-encoder output is kept (0 disables the cache).
         share_lora_dropout: Draw one LoRA dropout mask per input tensor (q/k/v of self-attention, k/v of
             cross-attention, the K output heads) instead of one per adapted module: same dropout rate
@@ -274,7 +275,9 @@ class MusicGenModule(L.LightningModule):
 
     def _step_seed(self, batch_idx: int) -> int:
         index = self.trainer.fit_loop.epoch_loop.total_batch_idx if self._trainer is not None else batch_idx
-        digest = hashlib.sha256(f"musiclit/{self.seed}/{index}".encode()).digest()
+        rank = int(self.trainer.global_rank) if self._trainer is not None else 0
+        key = f"musiclit/{self.seed}/{index}" + (f"/rank{rank}" if rank else "")  # rank 0: as a single process
+        digest = hashlib.sha256(key.encode()).digest()
         return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
