@@ -33,6 +33,10 @@ class LoraSettings:
         lm_heads: Also adapt the output heads.
         init_lora_weights: peft's init (True: B = 0 so training starts at the base model; False: random,
             used by tests to prove merge equivalence).
+        weight_decay: Weight decay of the adapter matrices A and B (the optimiser's own ``weight_decay``
+            applies to the other trainable weights). Decoupled decay shrinks A and B, i.e. pulls the
+            fine-tune towards the base model; 0 by default, as most LoRA recipes train.
+        extra: Further ``peft.LoraConfig`` arguments.
     """
 
     r: int = 8
@@ -41,6 +45,7 @@ class LoraSettings:
     target_modules: str | list[str] = "qv"
     lm_heads: bool = False
     init_lora_weights: bool = True
+    weight_decay: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def leaves(self) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from musiclit.model.delay import codebook_delays
 from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune, share_dropout_masks
 from musiclit.model.loss import musicgen_loss
 from musiclit.model.musicgen import ModelLoadError, load_musicgen
-from musiclit.train.optim import WarmupCosine
+from musiclit.train.optim import WarmupCosine, parameter_groups
 
 # checkpoints deliberately hold only trainable weights; on_load_checkpoint checks that they all match
 warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
@@ -51,7 +51,9 @@ class MusicGenModule(L.LightningModule):
             False: peft's behaviour exactly.
         compile_layers: Compile every decoder layer with ``torch.compile`` (in place: checkpoint names do
             not change). The first steps are slow while it compiles; measured in docs/benchmarks.md.
-        optimizer: Optimiser factory (the configs use AdamW).
+        optimizer: Optimiser factory (the configs use AdamW). Its weight decay applies to matmul weights only:
+            norms, biases and embeddings are not decayed, LoRA weights by ``lora.weight_decay``
+            (:func:`musiclit.train.optim.parameter_groups`).
         scheduler: Learning-rate schedule factory (default: linear warm-up + cosine).
     """
 
@@ -81,6 +83,7 @@ class MusicGenModule(L.LightningModule):
         self.seed = seed
         self.frozen_dtype = frozen_dtype
         self.text_cache_size = text_cache_size
+        self.lora_weight_decay = float(getattr(lora, "weight_decay", 0.0) or 0.0)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`
         self.strict_loading = False
@@ -302,9 +305,9 @@ class MusicGenModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        """The injected optimiser over trainable parameters, and the schedule stepped every optimiser step."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        """The injected optimiser over the trainable parameters (weight decay by group, see
+        :func:`~musiclit.train.optim.parameter_groups`), and the schedule stepped every optimiser step."""
+        optimizer = self.optimizer_factory(parameter_groups(self, self.lora_weight_decay))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
