@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_run import fit_args
 
 from musiclit.train.cli import build_cli
 
@@ -108,12 +107,3 @@ def test_user_errors_are_one_clear_line_not_a_traceback(tmp_path, tiny_model_dir
     assert "Traceback" not in out.stderr
     out = _run("fit", "--model.pretrained", str(tmp_path / "no-model"), "--data.data_dir", str(tmp_path))
     assert out.returncode == 2 and "no-model: no such model folder or config file" in out.stderr
-
-
-@pytest.mark.slow
-def test_fit_with_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, tiny_dataset):
-    args = fit_args(tiny_model_dir, tiny_dataset, tmp_path / "run", "--trainer.max_steps", "2",
-                    "--trainer.devices", "2", "--trainer.strategy", "ddp")  # fmt: skip
-    out = _run(*args, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

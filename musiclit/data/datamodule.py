@@ -34,8 +34,9 @@ class MusicDataModule(L.LightningDataModule):
         sample_rate: Set from the model (linked by the CLI; do not configure).
         channels: Set from the model (linked by the CLI; do not configure).
         token_cache: Train on cached codec tokens (encode every clip once, then crop codes; the default).
-            Missing entries are encoded in ``setup()`` with the model's codec (on the GPU when there is
-            one). False runs the codec on the cropped audio every step.
+            Missing entries are encoded with the model's codec before training, by one process per
+            machine (``prepare_data``; under DDP the other processes wait, then read the cache). False
+            runs the codec on the cropped audio every step.
         cache_dir: Root of the token cache (default ``<data_dir>/.musiclit-cache``, or the user cache
             folder when the dataset is read-only); one sub-folder per codec, shared by runs.
         cache_verify: Re-hash every audio file instead of trusting an unchanged (path, size, mtime).
@@ -100,16 +101,53 @@ class MusicDataModule(L.LightningDataModule):
                 self.tokenizer = module.codec_tokenizer()
         return self.tokenizer
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read the manifest (or scan), split by song and build the datasets."""
-        if self.train_set is not None:
-            return
+    def _entries(self) -> tuple[list[Any], list[Any]]:
         entries = load_dataset_entries(self.data_dir, self.valid_fraction, self.split_seed)
         train = [e for e in entries if e.split == "train"]
         valid = [e for e in entries if e.split == "valid"]
         if not train:
             raise ManifestError(f"{self.data_dir}: no training clips (every song is in the validation split)")
-        self._say_if_mono_for_stereo(entries)
+        return train, valid
+
+    def _cache_keys(self, tokenizer: Any, paths: list[str], encode: bool) -> tuple[Any, list[str]]:
+        from musiclit.data.cache import CacheError, TokenCache, cached_keys, default_cache_root
+
+        cache = TokenCache(self.cache_dir or default_cache_root(self.data_dir), tokenizer.id)
+        if encode:
+            return cache, cached_keys(Path(self.data_dir), paths, cache, tokenizer, verify=self.cache_verify)
+        keys = [cache.key_for(Path(self.data_dir) / p, verify=self.cache_verify) for p in paths]
+        missing = [p for p, k in zip(paths, keys, strict=True) if k not in cache]
+        if missing:
+            raise CacheError(
+                f"{cache.folder}: {len(missing)} clips of {self.data_dir} are not in the token cache "
+                f"(e.g. {missing[0]}), though the process that builds it has finished; is the cache folder "
+                "shared by every process (data.cache_dir)?"
+            )
+        return cache, keys
+
+    def _distributed(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.world_size > 1
+
+    def prepare_data(self) -> None:
+        """Encode the clips missing from the token cache (Lightning calls this in one process per machine,
+        while the other processes wait)."""
+        tokenizer = self._find_tokenizer() if self.token_cache else None
+        if tokenizer is None:
+            return
+        train, valid = self._entries()
+        self._cache_keys(tokenizer, [e.path for e in train + valid], encode=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the manifest (or scan), split by song and build the datasets.
+
+        A standalone data module encodes missing cache entries here; under DDP only ``prepare_data`` does
+        (one process), and the others read what it wrote.
+        """
+        if self.train_set is not None:
+            return
+        train, valid = self._entries()
+        self._say_if_mono_for_stereo(train + valid)
         common = {
             "root": self.data_dir,
             "sample_rate": self.sample_rate,
@@ -120,13 +158,10 @@ class MusicDataModule(L.LightningDataModule):
         tokenizer = self._find_tokenizer() if self.token_cache else None
         if tokenizer is not None:
             # a standalone data module (no trainer, no codec attached) serves audio instead
-            from musiclit.data.cache import TokenCache, cached_keys, default_cache_root
             from musiclit.data.tokens import TokenClipDataset
 
-            root = self.cache_dir or default_cache_root(self.data_dir)
-            self.cache = TokenCache(root, tokenizer.id)
-            keys = cached_keys(Path(self.data_dir), [e.path for e in train + valid], self.cache, tokenizer,
-                               verify=self.cache_verify)  # fmt: skip
+            paths = [e.path for e in train + valid]
+            self.cache, keys = self._cache_keys(tokenizer, paths, encode=not self._distributed())
             extra = {"cache": self.cache, "frame_rate": tokenizer.frame_rate,
                      "special_token": tokenizer.special_token}  # fmt: skip
             self.train_set = TokenClipDataset(

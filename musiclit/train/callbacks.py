@@ -1,13 +1,16 @@
-"""Callbacks: the peft adapter written at the end of training, audio samples logged while training, and the
-loss report of the demo."""
+"""Callbacks: checkpoints that resume exactly however a run stopped, a clean stop on SIGTERM/Ctrl-C, the peft
+adapter written at the end of training, audio samples logged while training, and the demo's loss report."""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -137,3 +140,143 @@ class LossReport(Callback):
         if len(self.losses) % self.every == 0:
             recent = self.losses[-self.every :]
             print(f"  step {len(self.losses):4d}  train loss {sum(recent) / len(recent):.3f}", flush=True)
+
+
+def _stepped(trainer: L.Trainer, step_at_start: int | None) -> bool:
+    """Whether the batch that just ended made an optimiser step (not a micro-batch of an accumulation)."""
+    return step_at_start is not None and trainer.global_step != step_at_start
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (same options), plus a checkpoint at the step where training stops.
+
+    When ``max_steps`` is reached mid-epoch (or a callback sets ``trainer.should_stop``: a signal, a time
+    limit), Lightning still ends the epoch: it counts the epoch as processed and then saves in
+    ``on_train_epoch_end``. That checkpoint says "epoch finished" while the data loader stopped mid-epoch,
+    so ``--ckpt_path last`` would start the next epoch and train on other batches than an uninterrupted run.
+    Saving right after the last training step records the true position (the epoch-end save is then
+    skipped: Lightning saves once per step), and resuming continues with exactly the batches that come next.
+    """
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Remember the optimiser step count (to know whether this batch makes a step)."""
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Lightning's step-interval checkpoints; then, if training stops after this step, save it now."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not _stepped(trainer, getattr(self, "_step_at_start", None)):
+            return
+        max_steps = trainer.max_steps
+        stops = trainer.should_stop or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps)
+        if not stops or self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.monitor is None and self.save_top_k != 0:
+            self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    @property
+    def state_key(self) -> str:
+        """The key of ModelCheckpoint's state in checkpoints (unchanged, so older checkpoints restore it)."""
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+
+class StopOnSignal(Callback):
+    """Stop training cleanly on SIGTERM or Ctrl-C (SIGINT): finish the current step, write a checkpoint at it,
+    skip the end-of-training validation, and end ``fit`` normally.
+
+    The checkpoint is written by :class:`ResumableCheckpoint` (``last.ckpt``), and ``--ckpt_path last`` then
+    continues with exactly the batches an uninterrupted run would have trained on. A second Ctrl-C stops at
+    once, without a checkpoint. ``python -m musiclit fit`` exits with 128 + the signal number (130 for
+    SIGINT, 143 for SIGTERM) after such a stop, so scripts can tell it from a finished run. Under DDP the
+    ranks agree after every optimiser step (a signal to any process stops all of them at the same step).
+
+    Other code can ask for the same stop with :meth:`request_stop` (e.g. a watcher of a cloud preemption
+    notice). A signal that arrives during validation is acted on after the next training step; before
+    training starts (setup, sanity check) the usual handling applies.
+
+    Args:
+        signals: Names of the signals handled (an empty list leaves signal handling to Lightning/Python).
+    """
+
+    def __init__(self, signals: list[str] | None = None) -> None:
+        self.signals = ["SIGINT", "SIGTERM"] if signals is None else list(signals)
+        self.requested: str | None = None
+        self.signal: int | None = None
+        self.stopped_at_step: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._step_at_start: int | None = None
+
+    def request_stop(self, reason: str, signum: int | None = None) -> None:
+        """Ask training to stop after the current optimiser step (with a checkpoint at that step)."""
+        if self.requested is None:
+            self.requested, self.signal = reason, signum
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            self._restore()  # a second Ctrl-C: stop at once, as Python does by default
+            raise KeyboardInterrupt
+        if self.requested is None:
+            name = signal.Signals(signum).name
+            print(f"musiclit: {name} received: stopping after this step and writing a checkpoint"
+                  + (" (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else ""),
+                  file=sys.stderr, flush=True)  # fmt: skip
+            self.request_stop(name, signum)
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
+        for name in self.signals:
+            signum = getattr(signal, name, None)
+            if signum is not None and signum not in self._previous:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Install the handlers (after Lightning's own: this callback owns SIGTERM/SIGINT while training)."""
+        self.requested, self.signal, self.stopped_at_step = None, None, None
+        self._install()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Remember the optimiser step count (a stop happens only after a step, never mid-accumulation)."""
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """After an optimiser step: if any process was asked to stop, stop every process here."""
+        if not _stepped(trainer, self._step_at_start):
+            return
+        requested = self.requested is not None
+        if trainer.world_size > 1:
+            requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
+        if not requested:
+            return
+        if self.requested is None:
+            self.requested = "a signal to another process"
+        self.stopped_at_step = trainer.global_step
+        trainer.should_stop = True
+        trainer.limit_val_batches = 0  # Lightning validates when asked to stop: not now, a stop should be quick
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Give the signals back."""
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Give the signals back."""
+        self._restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Give the signals back."""
+        self._restore()

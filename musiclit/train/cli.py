@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from musiclit.data.datamodule import MusicDataModule
 from musiclit.io import quiet_libraries
-from musiclit.train.callbacks import AdapterExport, SampleLogger
+from musiclit.train.callbacks import AdapterExport, ResumableCheckpoint, SampleLogger, StopOnSignal
 from musiclit.train.module import MusicGenModule
 
 DEFAULT_ROOT = "runs/default"
@@ -63,7 +62,8 @@ class MusicLitCLI(LightningCLI):
         """Link model facts into the data module and add the always-on callbacks."""
         parser.link_arguments("model.sample_rate", "data.sample_rate", apply_on="instantiate")
         parser.link_arguments("model.audio_channels", "data.channels", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Lightning's ModelCheckpoint options; it also saves at the step where training stops (exact resume)
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.filename": "step-{step:07d}",
@@ -78,6 +78,7 @@ class MusicLitCLI(LightningCLI):
         )
         parser.add_lightning_class_args(AdapterExport, "adapter")
         parser.add_lightning_class_args(SampleLogger, "samples")
+        parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
 
     def before_instantiate_classes(self) -> None:
         """Default loggers and checkpoint folder inside the run folder; resolve ``--ckpt_path last``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from collections import OrderedDict
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from musiclit.model.delay import codebook_delays
 from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune, share_dropout_masks
 from musiclit.model.loss import musicgen_loss
 from musiclit.model.musicgen import ModelLoadError, load_musicgen
-from musiclit.train.optim import WarmupCosine
+from musiclit.train.optim import WarmupCosine, parameter_groups
 
 # checkpoints deliberately hold only trainable weights; on_load_checkpoint checks that they all match
 warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
@@ -40,8 +41,9 @@ class MusicGenModule(L.LightningModule):
         frozen_dtype: Dtype of the frozen text encoder and frozen decoder weights. "auto": bfloat16 under
             ``bf16-mixed`` precision (saves the per-step weight casts and half the memory), else float32.
             The codec always stays float32.
-        seed: Seed of the per-step randomness (CFG dropout, LoRA dropout); keyed by the batch index so
-            that a resumed run draws exactly what an uninterrupted run draws.
+        seed: Seed of the per-step randomness (CFG dropout, LoRA and decoder dropout); keyed by the batch
+            index, so that a resumed run draws exactly what an uninterrupted run draws, and by the process
+            rank, so that DDP ranks draw different masks (rank 0 draws what a single process draws).
         text_cache_size: Captions whose text-encoder output is kept (0 disables the cache).
         share_lora_dropout: Draw one LoRA dropout mask per input tensor (q/k/v of self-attention, k/v of
             cross-attention, the K output heads) instead of one per adapted module: same dropout rate
@@ -49,7 +51,9 @@ class MusicGenModule(L.LightningModule):
             False: peft's behaviour exactly.
         compile_layers: Compile every decoder layer with ``torch.compile`` (in place: checkpoint names do
             not change). The first steps are slow while it compiles; measured in docs/benchmarks.md.
-        optimizer: Optimiser factory (the configs use AdamW).
+        optimizer: Optimiser factory (the configs use AdamW). Its weight decay applies to matmul weights only:
+            norms, biases and embeddings are not decayed, LoRA weights by ``lora.weight_decay``
+            (:func:`musiclit.train.optim.parameter_groups`).
         scheduler: Learning-rate schedule factory (default: linear warm-up + cosine).
     """
 
@@ -79,6 +83,7 @@ class MusicGenModule(L.LightningModule):
         self.seed = seed
         self.frozen_dtype = frozen_dtype
         self.text_cache_size = text_cache_size
+        self.lora_weight_decay = float(getattr(lora, "weight_decay", 0.0) or 0.0)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`
         self.strict_loading = False
@@ -111,6 +116,10 @@ class MusicGenModule(L.LightningModule):
         if compile_layers:
             for layer in self.base.decoder.model.decoder.layers:
                 layer.compile()
+        # from_pretrained returns eval mode and Lightning keeps the modes it finds: set them here (and again
+        # in on_fit_start), or the decoder trains without its dropout and without gradient checkpointing
+        self.train()
+        self._eval_warning_filter: Any = None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -128,6 +137,45 @@ class MusicGenModule(L.LightningModule):
         self.base.text_encoder.eval()
         self.base.audio_encoder.eval()
         return self
+
+    def frozen_module_names(self) -> set[str]:
+        """Names (as in ``named_modules``) of every module of the frozen text encoder and codec."""
+        frozen = {id(m) for part in (self.base.text_encoder, self.base.audio_encoder) for m in part.modules()}
+        return {name for name, m in self.named_modules() if id(m) in frozen}
+
+    def on_fit_start(self) -> None:
+        """Training modes for fit: the decoder (and everything with trainable weights) in train mode, the
+        frozen encoders in eval; Lightning's warning about modules in eval mode is hidden for exactly them."""
+        self.train()
+        self._hide_expected_eval_warning()
+
+    def on_train_start(self) -> None:
+        """Lightning has checked the modes (at the start of its training loop): drop the narrow filter."""
+        self._restore_warning_filters()
+
+    def on_fit_end(self) -> None:
+        """Drop the narrow filter if training never started (nothing to train, or stopped in sanity check)."""
+        self._restore_warning_filters()
+
+    def _hide_expected_eval_warning(self) -> None:
+        # Lightning warns "Found N module(s) in eval mode at the start of training." The frozen T5 and codec
+        # are in eval by design. Hide the warning only for exactly that N, and only when the modules in eval
+        # are exactly the frozen ones: anything else in eval mode (a bug) is still reported.
+        in_eval = {name for name, m in self.named_modules() if not m.training}
+        if not in_eval or in_eval != self.frozen_module_names():
+            return
+        self._restore_warning_filters()
+        self._eval_warning_filter = warnings.catch_warnings()
+        self._eval_warning_filter.__enter__()
+        message = f"Found {len(in_eval)} module(s) in eval mode at the start of training."
+        warnings.filterwarnings("ignore", message=re.escape(message))
+
+    def _restore_warning_filters(self) -> None:
+        # catch_warnings restores the filter list as it was in on_fit_start (filters added in between, by
+        # setup or the sanity check, are dropped with it)
+        if getattr(self, "_eval_warning_filter", None) is not None:
+            self._eval_warning_filter.__exit__(None, None, None)
+            self._eval_warning_filter = None
 
     def setup(self, stage: str) -> None:
         """Cast frozen weights to the compute dtype when the precision allows it."""
@@ -230,7 +278,9 @@ class MusicGenModule(L.LightningModule):
 
     def _step_seed(self, batch_idx: int) -> int:
         index = self.trainer.fit_loop.epoch_loop.total_batch_idx if self._trainer is not None else batch_idx
-        digest = hashlib.sha256(f"musiclit/{self.seed}/{index}".encode()).digest()
+        rank = int(self.trainer.global_rank) if self._trainer is not None else 0
+        key = f"musiclit/{self.seed}/{index}" + (f"/rank{rank}" if rank else "")  # rank 0: as a single process
+        digest = hashlib.sha256(key.encode()).digest()
         return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -255,9 +305,9 @@ class MusicGenModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        """The injected optimiser over trainable parameters, and the schedule stepped every optimiser step."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        """The injected optimiser over the trainable parameters (weight decay by group, see
+        :func:`~musiclit.train.optim.parameter_groups`), and the schedule stepped every optimiser step."""
+        optimizer = self.optimizer_factory(parameter_groups(self, self.lora_weight_decay))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

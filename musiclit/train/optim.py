@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -42,3 +43,36 @@ class WarmupCosine(LambdaLR):
             return (step + 1) / (warmup + 1)
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: torch.nn.Module, lora_weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """The trainable parameters of ``model`` in optimiser groups by what weight decay should do to them.
+
+    * LoRA adapter weights (``lora_*``): ``weight_decay = lora_weight_decay``. Decay shrinks A and B, i.e.
+      pulls the fine-tune towards the base model.
+    * Norm gains and biases, every bias, embedding tables: ``weight_decay = 0``. Decaying a LayerNorm gain
+      towards 0 (not its initial 1), or every step the rows of an embedding table that a batch does not use,
+      only damages them; this is the usual split of transformer training (e.g. minGPT's optimiser).
+    * Everything else (matmul weights: attention, MLP, output heads, text projection): no ``weight_decay``
+      key, so the optimiser's own setting applies (0.1 in ``configs/base.yaml``).
+
+    Empty groups are left out; every trainable parameter is in exactly one group.
+    """
+    no_decay: set[int] = set()
+    for module in model.modules():
+        norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+        if norm or isinstance(module, torch.nn.Embedding):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    lora, plain, decay = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if "lora_" in name:
+            lora.append(p)
+        elif id(p) in no_decay or name.endswith("bias"):
+            plain.append(p)
+        else:
+            decay.append(p)
+    groups: list[dict[str, Any]] = [{"params": decay}, {"params": plain, "weight_decay": 0.0},
+                                    {"params": lora, "weight_decay": lora_weight_decay}]  # fmt: skip
+    return [g for g in groups if g["params"]]

@@ -46,7 +46,7 @@ def sample_audio(
     delays = codebook_delays(dec.num_codebooks, getattr(dec, "audio_channels", 1))
     device = next(model.parameters()).device
     tokens = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one: the frozen encoders stay in eval
     model.eval()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -62,5 +62,6 @@ def sample_audio(
                 use_cache=True,
             )
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return audio.float().cpu()
