@@ -46,3 +46,75 @@ def test_pre_ampere_gpus_train_in_fp16(monkeypatch, capability, name, expected, 
     if why:
         assert "16-mixed" in why
     assert resolve_precision("32-true", accelerator) == ("32-true", None)  # explicit choices are kept
+
+
+@pytest.fixture(scope="module")
+def proj_config(tmp_path_factory):
+    """A tiny config whose text width (24) differs from the decoder's (32): it has ``enc_to_dec_proj``."""
+    import json
+
+    from musiclit.model.musicgen import tiny_config_dict
+
+    path = tmp_path_factory.mktemp("proj") / "config.json"
+    path.write_text(json.dumps(tiny_config_dict(text_dim=24)))
+    return path
+
+
+def _attach(module, precision: str):
+    """Attach a stand-in trainer that reports ``precision`` (what Lightning's trainer.precision says)."""
+    module.trainer = SimpleNamespace(precision=precision)
+    module.setup("fit")
+    return module
+
+
+@pytest.mark.parametrize(
+    ("precision", "frozen"),
+    [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)],
+)
+def test_frozen_weights_follow_the_autocast_dtype(proj_config, precision, frozen):
+    """Under 16-mixed (a pre-Ampere GPU) the frozen weights are float16, as under bf16-mixed they are bf16:
+    the estimate counts them at 2 bytes, and autocast would cast them to float16 on every matmul anyway."""
+    from musiclit.model.lora import LoraSettings
+    from musiclit.train.module import MusicGenModule
+
+    module = _attach(MusicGenModule(str(proj_config), lora=LoraSettings(lm_heads=True)), precision)
+    base = module.base
+    layer = base.decoder.model.decoder.layers[0]
+    assert layer.fc1.weight.dtype == frozen and layer.self_attn.q_proj.base_layer.weight.dtype == frozen
+    assert base.decoder.model.decoder.embed_tokens[0].weight.dtype == frozen
+    assert base.decoder.lm_heads[0].base_layer.weight.dtype == frozen
+    assert base.enc_to_dec_proj.weight.dtype == frozen
+    assert base.text_encoder.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == frozen
+    assert base.text_encoder.shared.weight.dtype == frozen
+    # norms, trainable weights and the codec stay float32
+    assert layer.final_layer_norm.weight.dtype == torch.float32
+    assert base.text_encoder.encoder.final_layer_norm.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in module.parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in base.audio_encoder.parameters())
+    # an explicit frozen_dtype wins over the precision
+    explicit = _attach(MusicGenModule(str(proj_config), frozen_dtype="float32"), precision)
+    assert explicit.base.decoder.model.decoder.layers[0].fc1.weight.dtype == torch.float32
+
+
+def test_text_state_cache_is_bounded_in_bytes_and_kept_in_host_memory(proj_config):
+    from musiclit.train.module import MusicGenModule
+
+    captions = [f"caption number {i} " + "x" * (i % 7) for i in range(40)]
+    probe = MusicGenModule(str(proj_config), text_cache_bytes=0)
+    sizes = {c: probe._encode_one(c).numel() * 4 for c in captions}
+    assert not probe._text_cache  # 0 bytes: nothing kept
+    budget = sum(sizes[c] for c in captions[-10:])  # room for about ten captions
+    module = MusicGenModule(str(proj_config), text_cache_bytes=budget)
+    fresh = {c: module.encode_text([c])[0][0] for c in captions}
+    kept = list(module._text_cache)
+    held = sum(t.numel() * t.element_size() for t in module._text_cache.values())
+    assert held <= budget and module._text_cache_used == held
+    assert kept == captions[-len(kept) :] and len(kept) >= 9  # the most recently used ones
+    assert all(t.device.type == "cpu" for t in module._text_cache.values())
+    again = module.encode_text(kept[:3])[0]
+    for i, c in enumerate(kept[:3]):
+        assert torch.equal(again[i, : fresh[c].shape[0]], fresh[c])  # bit-identical to a fresh encode
+    assert list(module._text_cache)[-3:] == kept[:3]  # used again: now the most recent
+    capped = MusicGenModule(str(proj_config), text_cache_size=5)
+    capped.encode_text(captions[:12])
+    assert len(capped._text_cache) == 5
