@@ -118,3 +118,36 @@ def test_text_state_cache_is_bounded_in_bytes_and_kept_in_host_memory(proj_confi
     capped = MusicGenModule(str(proj_config), text_cache_size=5)
     capped.encode_text(captions[:12])
     assert len(capped._text_cache) == 5
+
+
+def test_the_decoder_never_reaches_the_device_in_float32(tiny_model_dir, monkeypatch):
+    """``generate`` on a 12 GB card: musicgen-large's float32 decoder (13 GB) must not be moved there and
+    cast afterwards. The meta device stands in for the GPU; every module conversion (``.to``, ``.half``,
+    ``.cuda``: all go through ``Module._apply``) is checked for a float32 decoder weight on it."""
+    from musiclit.infer.sampler import Generator
+    from musiclit.model.finetune import load_finetune
+
+    ft = load_finetune(model=str(tiny_model_dir))
+    seen: list[str] = []
+    real_apply = torch.nn.Module._apply
+    depth = [0]
+
+    def tracking_apply(self, fn, *args, **kwargs):
+        depth[0] += 1
+        try:
+            return real_apply(self, fn, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+            if depth[0] == 0:  # a whole conversion is done: where is the decoder now?
+                for name, p in ft.base.decoder.named_parameters():
+                    if p.device.type == "meta" and p.dtype == torch.float32:
+                        seen.append(name)
+
+    monkeypatch.setattr(torch.nn.Module, "_apply", tracking_apply)
+    gen = Generator(ft, device="meta", dtype="float16")
+    assert not seen, f"float32 decoder weights on the device, e.g. {seen[:3]}"
+    decoder = list(gen.base.decoder.parameters())
+    assert all(p.device.type == "meta" and p.dtype == torch.float16 for p in decoder)
+    # the text encoder and the codec stay float32 (on the device)
+    assert all(p.device.type == "meta" and p.dtype == torch.float32 for p in gen.base.text_encoder.parameters())
+    assert all(p.device.type == "meta" and p.dtype == torch.float32 for p in gen.base.audio_encoder.parameters())
