@@ -24,11 +24,13 @@ def main(argv: list[str]) -> int:
     print(f"{label}: peak GPU memory for {', '.join(args.config)}")
     print(f"  decoder {spec.hidden} x {spec.layers} layers ({spec.decoder_params / 1e6:.0f}M params), "
           f"{'LoRA r' + str(spec.lora_r) if spec.lora_r else 'full fine-tune'} ({spec.lora_params / 1e6:.1f}M "
-          f"trainable), batch {spec.batch} x {spec.seconds:g} s, {'bf16' if spec.bf16 else 'fp32'}, "
+          f"trainable), batch {spec.batch} x {spec.seconds:g} s, {'16-bit mixed' if spec.bf16 else 'fp32'}, "
           f"checkpointing {'on' if spec.checkpointing else 'off'}")  # fmt: skip
     for name, value in parts.items():
         print(f"  {name:<36}{value / est.GiB:8.2f} GiB")
     print(f"  {'total':<36}{total / est.GiB:8.2f} GiB   (+ ~0.5 GiB CUDA context, not counted by PyTorch)")
+    for name, value in est.host_memory(spec).items():
+        print(f"  host: {name} {value / est.GiB:.2f} GiB (model.text_cache_bytes; not GPU memory)")
     other = est.Spec(**{**spec.__dict__, "checkpointing": not spec.checkpointing})
     flipped = sum(est.estimate(other).values()) / est.GiB
     print(f"  with checkpointing {'off' if spec.checkpointing else 'on'}: {flipped:.2f} GiB")

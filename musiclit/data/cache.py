@@ -1,7 +1,9 @@
 """The codec token cache (built by ``fit`` or ``python -m musiclit cache``).
 
 EnCodec is frozen, so a clip's codes never change: each clip is encoded once, whole, and training crops
-the cached codes (at the codec's 50 Hz frame rate) instead of running the codec every step.
+the cached codes (at the codec's 50 Hz frame rate) instead of running the codec every step. Files longer
+than 30 s (full songs) are encoded in windows with bounded memory that compute the whole file's codes
+(:func:`musiclit.model.codec.encoder_windowed`).
 
 Layout (default root ``<data_dir>/.musiclit-cache``, shared by every run with the same codec)::
 

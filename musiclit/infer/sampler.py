@@ -160,11 +160,8 @@ class Generator:
         from musiclit.model.delay import codebook_delays
 
         self.delays = codebook_delays(self.num_codebooks, self.audio_channels)
+        finetune.place(self.device, self.dtype)  # cast on the host, then move (never fp32 on the GPU)
         base = finetune.base
-        base.to(self.device)
-        base.decoder.to(self.dtype)
-        if getattr(base, "enc_to_dec_proj", None) is not None:
-            base.enc_to_dec_proj.to(self.dtype)
         base.eval()
         self.max_positions = int(base.config.decoder.max_position_embeddings)
         self._decoder = base.decoder.model.decoder

@@ -20,6 +20,10 @@ from musiclit.errors import MusiclitError
 # Version of the token layout (int16 codes, interleaving): part of the codec identity, so a change of
 # layout gives every token cache a new folder instead of serving stale codes.
 TOKEN_FORMAT = 1
+# Audio longer than this is encoded in windows (bounded memory); shorter audio in one call, as before.
+ENCODE_WINDOW_SECONDS = 30.0
+# Frames of 50 Hz features encoded per LSTM / output-convolution chunk (bounded memory as well).
+ENCODE_CHUNK_FRAMES = 1500
 
 
 class CodecError(MusiclitError, RuntimeError):
@@ -31,7 +35,9 @@ def _bandwidth(codec: Any) -> float | None:
     return bandwidths[0] if bandwidths else None
 
 
-def encode_audio(codec: Any, audio: Any, audio_channels: int) -> Any:
+def encode_audio(
+    codec: Any, audio: Any, audio_channels: int, window_seconds: float | None = ENCODE_WINDOW_SECONDS
+) -> Any:
     """Codes (B, K, T) of audio (B, C, S) at the codec's rate.
 
     Args:
@@ -39,20 +45,163 @@ def encode_audio(codec: Any, audio: Any, audio_channels: int) -> Any:
         audio: (B, C, S) float audio; mono input is duplicated for a stereo model, stereo input is
             averaged for a mono model.
         audio_channels: The model's channels (1 mono, 2 stereo: left/right codebooks interleaved).
+        window_seconds: Audio longer than this is encoded in windows of this length
+            (:func:`encode_windowed`: the same codes as one call, in bounded memory); None: always one call.
     """
     import torch
 
     dtype = next(codec.parameters()).dtype
     bandwidth = _bandwidth(codec)
+    window = None if window_seconds is None else round(window_seconds * codec.config.sampling_rate)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return codec.encode(x.to(dtype), bandwidth=bandwidth).audio_codes[0]
+        return encode_windowed(codec, x.to(dtype), bandwidth, window)
 
     if audio_channels == 2:
         audio = audio if audio.shape[1] == 2 else audio[:, :1].expand(-1, 2, -1)
         left, right = encode(audio[:, :1]), encode(audio[:, 1:2])
         return torch.stack([left, right], dim=2).flatten(1, 2)
     return encode(audio[:, :1] if audio.shape[1] == 1 else audio.mean(1, keepdim=True))
+
+
+def _split_encoder(codec: Any) -> tuple[list[Any], Any, list[Any]] | None:
+    """EnCodec's encoder as (convolutions before the LSTM, the LSTM, the layers after it), or None when
+    its layout is not the one :func:`encode_windowed` knows (then it encodes in one call)."""
+    from torch import nn
+    from transformers.models.encodec.modeling_encodec import EncodecConv1d, EncodecLSTM, EncodecResnetBlock
+
+    layers = list(codec.encoder.layers)
+    lstms = [i for i, layer in enumerate(layers) if isinstance(layer, EncodecLSTM)]
+    stateless = (EncodecConv1d, EncodecResnetBlock, nn.ELU)
+    if len(lstms) != 1 or not all(isinstance(layer, stateless) for i, layer in enumerate(layers) if i != lstms[0]):
+        return None
+    if any(isinstance(layer, EncodecConv1d) and layer.conv.stride[0] != 1 for layer in layers[lstms[0] :]):
+        return None
+    return layers[: lstms[0]], layers[lstms[0]], layers[lstms[0] + 1 :]
+
+
+def receptive_field(layers: list[Any]) -> int:
+    """Input samples that one output step of a stack of EnCodec convolution layers depends on."""
+    from transformers.models.encodec.modeling_encodec import EncodecConv1d, EncodecResnetBlock
+
+    def convs(layer: Any) -> list[Any]:
+        if isinstance(layer, EncodecConv1d):
+            return [layer.conv]
+        if isinstance(layer, EncodecResnetBlock):
+            return [c for inner in layer.block for c in convs(inner)]
+        return []
+
+    field = 1
+    for layer in reversed(layers):
+        for conv in reversed(convs(layer)):
+            field = (field - 1) * conv.stride[0] + (conv.kernel_size[0] - 1) * conv.dilation[0] + 1
+    return field
+
+
+def _windowing(codec: Any, length: int, window: int | None) -> tuple[int, int] | None:
+    """(window, context) in samples when audio of ``length`` samples is encoded in windows, else None."""
+    import torch
+
+    parts = _split_encoder(codec)
+    if window is None or parts is None or codec.config.normalize or codec.config.chunk_length is not None:
+        return None
+    hop = int(torch.tensor(codec.config.upsampling_ratios).prod())
+    context = (receptive_field(parts[0]) // hop + 2) * hop  # samples of context on each side of a window
+    window = max(hop, window // hop * hop)
+    if length <= window + 2 * context:
+        return None
+    count = -(-length // window)  # windows of (nearly) equal length: no short remainder at the end
+    return -(-length // (count * hop)) * hop, context
+
+
+def encoder_windowed(codec: Any, audio: Any, window: int | None, chunk_frames: int = ENCODE_CHUNK_FRAMES) -> Any:
+    """``codec.encoder(audio)``, the (B, D, T) embeddings the quantizer reads, computed in bounded memory.
+
+    EnCodec's encoder is a stack of non-causal convolutions (receptive field 1,588 samples, 2.5 frames at
+    32 kHz), a unidirectional LSTM, and an output convolution. The LSTM carries its state from the first
+    frame on, so overlapping windows through the whole encoder never compute the whole file's function (its
+    state at a window start is not the whole file's). The windows are cut where there is no state instead:
+    the convolutions run on ``window`` samples at a time with enough context on both sides for their
+    receptive field, the LSTM runs over their 50 Hz features ``chunk_frames`` at a time with its state
+    carried from chunk to chunk, and the output convolution runs chunk by chunk with its own context. Every
+    frame is then the whole file's function; the results differ from one call only by floating-point
+    rounding (kernels sum in another order for inputs of another length), as one call differs from itself
+    on another thread count (measured in docs/benchmarks.md).
+
+    Memory: one window of the convolution stack (a 30 s window of EnCodec 32 kHz is about 1 GB in float32)
+    and the 50 Hz features of the whole file (EnCodec 32 kHz: 4 KB per frame, 200 KB per second of audio,
+    1.6 times the mono float32 audio itself), instead of the convolution stack over the whole file (about
+    33 MB per second of audio: 20 GB for a 10-minute song).
+
+    Args:
+        codec: transformers ``EncodecModel``.
+        audio: (B, C, S) audio in the codec's dtype.
+        window: Samples per window (whole frames); None, or audio not longer than one window and its
+            context, or a codec layout this function does not know: one ``codec.encoder`` call.
+        chunk_frames: Frames per LSTM / output-convolution chunk.
+
+    Returns:
+        (B, D, T) embeddings, ``T = ceil(S / hop)``.
+    """
+    import torch
+
+    plan = _windowing(codec, audio.shape[-1], window)
+    if plan is None:
+        return codec.encoder(audio)
+    window, context = plan
+    hop = int(torch.tensor(codec.config.upsampling_ratios).prod())
+    head, lstm, tail = _split_encoder(codec)  # type: ignore[misc]
+    length = audio.shape[-1]
+    # 1. the convolutions, window by window, into the 50 Hz features of the whole file
+    pieces = []
+    for start in range(0, length, window):
+        lo, hi = max(0, start - context), min(length, start + window + context)
+        h = audio[..., lo:hi]
+        for layer in head:
+            h = layer(h)
+        first = (start - lo) // hop
+        last = first + window // hop if start + window < length else h.shape[-1]  # the file's last frames
+        pieces.append(h[..., first:last])
+    feats = torch.cat(pieces, dim=-1)  # (B, D, T)
+    del pieces
+    frames = feats.shape[-1]
+    # 2. the LSTM (with its residual), chunk by chunk with its state carried, in place
+    state = None
+    for f0 in range(0, frames, chunk_frames):
+        seq = feats[..., f0 : f0 + chunk_frames].permute(2, 0, 1)  # (t, B, D)
+        out, state = lstm.lstm(seq, state)
+        feats[..., f0 : f0 + chunk_frames] = (out + seq).permute(1, 2, 0)
+    # 3. the output convolution, chunk by chunk with its context
+    tail_context = receptive_field(tail)
+    embeddings = []
+    for f0 in range(0, frames, chunk_frames):
+        lo, hi = max(0, f0 - tail_context), min(frames, f0 + chunk_frames + tail_context)
+        h = feats[..., lo:hi]
+        for layer in tail:
+            h = layer(h)
+        embeddings.append(h[..., f0 - lo : f0 - lo + min(chunk_frames, frames - f0)])
+    return torch.cat(embeddings, dim=-1)
+
+
+def encode_windowed(
+    codec: Any, audio: Any, bandwidth: float | None, window: int | None, chunk_frames: int = ENCODE_CHUNK_FRAMES
+) -> Any:
+    """Codes (B, K, T) of (B, C, S) audio: ``codec.encode`` of the whole signal, computed by
+    :func:`encoder_windowed` (bounded memory) and quantized chunk by chunk (frame by frame anyway).
+
+    Short audio (up to one window and its context) takes ``codec.encode`` itself, so clips of up to 30 s
+    get exactly the codes they always got.
+    """
+    import torch
+
+    if _windowing(codec, audio.shape[-1], window) is None:
+        return codec.encode(audio, bandwidth=bandwidth).audio_codes[0]
+    embeddings = encoder_windowed(codec, audio, window, chunk_frames)
+    codes = [
+        codec.quantizer.encode(embeddings[..., f0 : f0 + chunk_frames], bandwidth).transpose(0, 1)
+        for f0 in range(0, embeddings.shape[-1], chunk_frames)
+    ]
+    return torch.cat(codes, dim=-1)
 
 
 def decode_audio(codec: Any, codes: Any, audio_channels: int, hop: int) -> Any:

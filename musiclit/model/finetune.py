@@ -57,6 +57,19 @@ class FineTune:
 
         return base_model(self.model)
 
+    def place(self, device: Any, dtype: Any) -> None:
+        """Put the model on ``device`` with the decoder (adapters included) and text projection in ``dtype``.
+
+        The cast happens on the host first, then the move: the decoder never exists on the device in float32
+        (musicgen-large's float32 decoder alone is 13 GB, more than a 12 GB card holds). The text encoder and
+        the codec stay float32.
+        """
+        base = self.base
+        base.decoder.to(dtype=dtype)
+        if getattr(base, "enc_to_dec_proj", None) is not None:
+            base.enc_to_dec_proj.to(dtype=dtype)
+        base.to(device)
+
 
 def _resolve_source(source: str, search: Sequence[Path] = ()) -> str:
     """A local path made absolute when it exists (as given, else under one of ``search``); hub ids unchanged."""

@@ -109,6 +109,28 @@ def freeze_for_full_finetune(model: Any) -> None:
                 p.requires_grad_(True)
 
 
+def cast_frozen_weights(model: Any, dtype: torch.dtype) -> int:
+    """Cast the frozen matmul weights (linears, embeddings) of the text encoder, the decoder and the text
+    projection of a ``MusicgenForConditionalGeneration`` to ``dtype``, in place; returns how many tensors.
+
+    Layer norms stay float32 (autocast runs them in float32, and CPU kernels reject a float32 input with
+    bfloat16 parameters), trainable weights stay float32 (the optimiser updates them), the codec stays
+    float32 (its codes are cached and must not depend on the training precision).
+    """
+    cast = 0
+    parts = (model.text_encoder, model.decoder, getattr(model, "enc_to_dec_proj", None))
+    for part in parts:
+        if part is None:
+            continue
+        for module in part.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                for p in module.parameters(recurse=False):
+                    if not p.requires_grad and p.dtype != dtype:
+                        p.data = p.data.to(dtype)
+                        cast += 1
+    return cast
+
+
 def base_model(model: Any) -> Any:
     """The underlying ``MusicgenForConditionalGeneration`` of a peft model (or the model itself)."""
     from peft import PeftModel

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 GiB = 2**30
-T5_BASE_PARAMS = 109_600_000  # t5-base encoder + shared embedding (the text encoder of every released model)
-ENCODEC_32K_PARAMS = 56_900_000  # EnCodec 32 kHz (encoder + decoder + quantizer)
+MiB = 2**20
+# EnCodec 32 kHz (MusicGen's codec) as transformers builds it, float32 on the GPU: 57,584,834 parameters and
+# 2,105,348 float buffers (codebooks, their running averages) at 4 bytes, 96 int64 scalars (conv geometry) at 8
+# (counted by tests/test_estimate.py on the meta device)
+ENCODEC_32K_BYTES = (57_584_834 + 2_105_348) * 4 + 96 * 8
 VOCAB = 2048
 TEXT_TOKENS = 32
 # Eager PyTorch keeps more than the tensors counted below (residual/attention dropout masks and outputs,
@@ -31,6 +34,8 @@ TEXT_TOKENS = 32
 # 256-wide, 1- and 4-layer model; checked on held-out sizes in the test. On a GPU these are estimates.
 ACTIVATION_OVERHEAD = 2.6
 LOGITS_OVERHEAD = 2.0
+# The text-state cache: T5 states of captions already seen, kept in (pinned) host memory, not on the GPU
+DEFAULT_TEXT_CACHE_BYTES = 256 * MiB
 
 ARCHS = {
     "small": (1024, 24, 16),
@@ -46,36 +51,86 @@ LORA_PRESETS = {
 
 @dataclass
 class Spec:
-    """What memory depends on."""
+    """What memory depends on. The text-encoder fields describe T5 (t5-base by default: every released model's)."""
 
     hidden: int
     layers: int
     ffn: int
     codebooks: int = 4
-    text_params: int = T5_BASE_PARAMS
-    codec_params: int = ENCODEC_32K_PARAMS
     text_dim: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_kv: int = 64
+    text_ff: int = 3072
+    text_vocab: int = 32128
+    text_buckets: int = 32
+    text_gated: bool = False  # T5 v1.1 / flan-t5: two input matrices in every feed-forward block
+    codec_bytes: int = ENCODEC_32K_BYTES
+    max_positions: int = 2048
     batch: int = 1
     seconds: float = 30.0
     frame_rate: int = 50
-    bf16: bool = True
+    bf16: bool = True  # 16-bit mixed precision (bf16-mixed or 16-mixed): activations in 2 bytes
+    frozen_bytes: int | None = None  # bytes of a frozen matmul weight; None: 2 under 16-bit precision, else 4
     lora_r: int | None = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_heads: bool = False
     lora_dropout: float = 0.05
     checkpointing: bool = False
     token_cache: bool = True
+    text_cache_bytes: int = DEFAULT_TEXT_CACHE_BYTES
 
     @property
-    def decoder_params(self) -> int:
+    def decoder_matmul_params(self) -> int:
+        """Linear and embedding weights of the decoder (what a frozen dtype applies to)."""
         d, f = self.hidden, self.ffn
-        per_layer = 8 * d * d + 2 * d * f + 3 * 2 * d  # self + cross attention, ffn, layer norms
+        per_layer = 8 * d * d + 2 * d * f  # self + cross attention q/k/v/out, fc1, fc2
         return self.layers * per_layer + self.codebooks * (VOCAB + 1) * d + self.codebooks * d * VOCAB
 
     @property
+    def decoder_norm_params(self) -> int:
+        """Layer-norm weights and biases of the decoder (always float32)."""
+        return self.layers * 3 * 2 * self.hidden + 2 * self.hidden
+
+    @property
+    def decoder_params(self) -> int:
+        """Every parameter of the decoder (``MusicgenForCausalLM``)."""
+        return self.decoder_matmul_params + self.decoder_norm_params
+
+    @property
+    def projection_params(self) -> int:
+        """The text projection ``enc_to_dec_proj`` (only when the text width differs from the decoder's)."""
+        return 0 if self.text_dim == self.hidden else self.text_dim * self.hidden + self.hidden
+
+    @property
+    def text_matmul_params(self) -> int:
+        """T5 encoder linears and embeddings (shared token embedding, relative position bias)."""
+        d, inner = self.text_dim, self.text_heads * self.text_kv
+        ff = (3 if self.text_gated else 2) * d * self.text_ff
+        return self.text_vocab * d + self.text_buckets * self.text_heads + self.text_layers * (4 * d * inner + ff)
+
+    @property
+    def text_norm_params(self) -> int:
+        """T5 layer norms (two per block and a final one; always float32)."""
+        return (2 * self.text_layers + 1) * self.text_dim
+
+    @property
+    def text_params(self) -> int:
+        """Every parameter of the T5 text encoder."""
+        return self.text_matmul_params + self.text_norm_params
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of a frozen matmul weight."""
+        if self.frozen_bytes is not None:
+            return self.frozen_bytes
+        return 2 if self.bf16 else 4
+
+    @property
     def lora_params(self) -> int:
+        """Trainable parameters: the adapters, or the decoder and the text projection when fully fine-tuned."""
         if self.lora_r is None:
-            return self.decoder_params
+            return self.decoder_params + self.projection_params
         d, f, r = self.hidden, self.ffn, self.lora_r
         shapes = {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "out_proj": (d, d), "fc1": (d, f),
                   "fc2": (f, d)}  # fmt: skip
@@ -90,18 +145,23 @@ class Spec:
 def estimate(spec: Spec) -> dict[str, float]:
     """Peak training memory by component, in bytes (GPU: what ``torch.cuda.max_memory_allocated`` counts)."""
     a = 2 if spec.bf16 else 4  # bytes of an activation in the compute dtype
-    w = 2 if spec.bf16 else 4  # frozen weights in the compute dtype (frozen_dtype auto)
+    w = spec.weight_bytes  # frozen matmul weights: the compute dtype under frozen_dtype auto
     d, f, layers = spec.hidden, spec.ffn, spec.layers
     frames = int(round(spec.seconds * spec.frame_rate))
     tokens = spec.batch * (frames + spec.codebooks)  # delay pattern steps
     full = spec.lora_r is None
     trainable = spec.lora_params
-    frozen_decoder = 0 if full else spec.decoder_params
     out: dict[str, float] = {}
-    out["decoder weights (frozen)"] = frozen_decoder * w
+    # frozen matmul weights in the frozen dtype; layer norms stay float32 (module.setup casts only linears
+    # and embeddings); the sinusoidal position table is a float32 buffer
+    frozen_decoder = (
+        0 if full else (spec.decoder_matmul_params + spec.projection_params) * w + spec.decoder_norm_params * 4
+    )
+    out["decoder weights (frozen)"] = frozen_decoder
+    out["decoder position table (fp32)"] = spec.max_positions * d * 4
     out["trainable weights + grads + AdamW"] = trainable * 16
-    out["text encoder (frozen)"] = spec.text_params * w
-    out["codec (fp32)"] = spec.codec_params * 4
+    out["text encoder (frozen)"] = spec.text_matmul_params * w + spec.text_norm_params * 4
+    out["codec (fp32)"] = spec.codec_bytes
     drop = spec.lora_dropout > 0 and not full
     mask = 1 if drop else 0
     # per layer per token: fp32 residual inputs of the 3 layer norms, LN outputs, q/k/v/attention outputs kept
@@ -137,25 +197,34 @@ def step_memory(parts: dict[str, float]) -> float:
 
 
 def spec_from_config(config: dict[str, Any], gpu: bool = True) -> Spec:
-    """A :class:`Spec` from a resolved musiclit YAML config (``model``/``data``/``trainer`` sections)."""
+    """A :class:`Spec` from a resolved musiclit YAML config (``model``/``data``/``trainer`` sections).
+
+    ``model.pretrained`` is read when it is a local config ``.json`` or model folder; a hub id is recognised by
+    its size (small/medium/large, stereo).
+    """
     model = config.get("model") or {}
     data = config.get("data") or {}
     trainer = config.get("trainer") or {}
     pretrained = str(model.get("pretrained", "facebook/musicgen-small"))
-    arch = next((name for name in ARCHS if name in pretrained), None)
+    path = Path(pretrained).expanduser()
+    cfg_file = path if path.suffix == ".json" else path / "config.json"
     kwargs: dict[str, Any] = {}
-    if arch is not None:
+    if cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        dec, t5 = cfg["decoder"], cfg["text_encoder"]
+        kwargs.update(hidden=dec["hidden_size"], layers=dec["num_hidden_layers"], ffn=dec["ffn_dim"],
+                      codebooks=dec["num_codebooks"], max_positions=dec.get("max_position_embeddings", 2048),
+                      text_dim=t5["d_model"], text_layers=t5["num_layers"], text_heads=t5["num_heads"],
+                      text_kv=t5["d_kv"], text_ff=t5["d_ff"], text_vocab=t5["vocab_size"],
+                      text_buckets=t5.get("relative_attention_num_buckets", 32),
+                      text_gated=str(t5.get("feed_forward_proj", "relu")).startswith("gated"),
+                      codec_bytes=_codec_bytes(cfg["audio_encoder"]))  # fmt: skip
+    else:
+        arch = next((name for name in ARCHS if name in pretrained), None)
+        if arch is None:
+            raise FileNotFoundError(f"{pretrained}: no config file or model folder, and not a released model id")
         d, n, _ = ARCHS[arch]
         kwargs.update(hidden=d, layers=n, ffn=4 * d, codebooks=8 if "stereo" in pretrained else 4)
-    else:
-        path = Path(pretrained)
-        cfg_file = path if path.suffix == ".json" else path / "config.json"
-        cfg = json.loads(cfg_file.read_text())
-        dec = cfg["decoder"]
-        kwargs.update(hidden=dec["hidden_size"], layers=dec["num_hidden_layers"], ffn=dec["ffn_dim"],
-                      codebooks=dec["num_codebooks"], text_dim=cfg["text_encoder"]["d_model"])  # fmt: skip
-        kwargs["text_params"] = _t5_params(cfg["text_encoder"])
-        kwargs["codec_params"] = ENCODEC_32K_PARAMS if cfg["audio_encoder"].get("num_filters", 64) >= 64 else 50_000
     lora = model.get("lora", {"r": 8, "target_modules": "qv"})
     if lora is None:
         kwargs["lora_r"] = None
@@ -165,19 +234,41 @@ def spec_from_config(config: dict[str, Any], gpu: bool = True) -> Spec:
                       lora_targets=LORA_PRESETS[targets] if isinstance(targets, str) else tuple(targets),
                       lora_dropout=float(lora.get("dropout", 0.05)))  # fmt: skip
     precision = str(trainer.get("precision", "bf16-mixed"))
+    mixed16 = precision.startswith("bf16") or precision.startswith("16")
+    # the frozen dtype the module picks (MusicGenModule.frozen_dtype): "auto" follows the autocast dtype
+    frozen = str(model.get("frozen_dtype", "auto"))
+    frozen_bytes = (2 if mixed16 else 4) if frozen == "auto" else (4 if frozen == "float32" else 2)
+    cache_bytes = model.get("text_cache_bytes", DEFAULT_TEXT_CACHE_BYTES)
     return Spec(
         **kwargs,
         batch=int(data.get("batch_size", 1)),
         seconds=float(data.get("segment_duration", 30.0)),
-        bf16=precision.startswith("bf16") or precision.startswith("16"),
+        bf16=mixed16,
+        frozen_bytes=frozen_bytes,
         checkpointing=bool(model.get("gradient_checkpointing", False)),
         token_cache=bool(data.get("token_cache", True)),
+        text_cache_bytes=int(cache_bytes or 0),
     )
 
 
-def _t5_params(t5: dict[str, Any]) -> int:
-    d, ff, n, h, kv = t5["d_model"], t5["d_ff"], t5["num_layers"], t5["num_heads"], t5["d_kv"]
-    return t5["vocab_size"] * d + n * (4 * d * h * kv + 2 * d * ff + 2 * d)
+def _codec_bytes(audio_encoder: dict[str, Any]) -> int:
+    """Bytes of a codec's parameters and buffers (float32), counted on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import EncodecConfig, EncodecModel
+
+    config = EncodecConfig.from_dict(audio_encoder)
+    with torch.device("meta"):
+        codec = EncodecModel(config)
+    return sum(t.numel() * t.element_size() for t in (*codec.parameters(), *codec.buffers()))
+
+
+def host_memory(spec: Spec) -> dict[str, float]:
+    """Host (CPU) memory a training run holds besides the process itself, in bytes.
+
+    The text-state cache keeps the T5 states of captions already seen in pinned host memory (a caption's
+    states cross to the GPU in microseconds each step; on the GPU they would take memory the step needs).
+    """
+    return {"text-state cache (pinned host memory, at most)": float(spec.text_cache_bytes)}
 
 
 def suggest(spec: Spec, budget: float, effective_batch: int = 8) -> list[str]:

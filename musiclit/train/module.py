@@ -15,7 +15,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from musiclit.errors import ConfigError
 from musiclit.model.codec import encode_audio
 from musiclit.model.delay import codebook_delays
-from musiclit.model.lora import LoraSettings, apply_lora, base_model, freeze_for_full_finetune, share_dropout_masks
+from musiclit.model.lora import (
+    LoraSettings,
+    apply_lora,
+    base_model,
+    cast_frozen_weights,
+    freeze_for_full_finetune,
+    share_dropout_masks,
+)
 from musiclit.model.loss import musicgen_loss
 from musiclit.model.musicgen import ModelLoadError, load_musicgen
 from musiclit.train.optim import WarmupCosine, parameter_groups
@@ -38,13 +45,17 @@ class MusicGenModule(L.LightningModule):
         cfg_dropout: Probability of dropping each example's text (classifier-free guidance training).
         gradient_checkpointing: Recompute decoder activations in the backward pass (less memory, slower).
         checkpoint_every_n_layers: With checkpointing, checkpoint only every n-th decoder layer.
-        frozen_dtype: Dtype of the frozen text encoder and frozen decoder weights. "auto": bfloat16 under
-            ``bf16-mixed`` precision (saves the per-step weight casts and half the memory), else float32.
-            The codec always stays float32.
+        frozen_dtype: Dtype of the frozen matmul weights (linears, embeddings) of the text encoder, the
+            decoder and the text projection. "auto": the autocast dtype (bfloat16 under ``bf16-mixed``,
+            float16 under ``16-mixed``: saves the per-step weight casts and half the memory), else float32.
+            Layer norms, trainable weights and the codec always stay float32.
         seed: Seed of the per-step randomness (CFG dropout, LoRA and decoder dropout); keyed by the batch
             index, so that a resumed run draws exactly what an uninterrupted run draws, and by the process
             rank, so that DDP ranks draw different masks (rank 0 draws what a single process draws).
-        text_cache_size: Captions whose text-encoder output is kept (0 disables the cache).
+        text_cache_bytes: Bytes of text-encoder states kept for captions already seen (0 disables the cache),
+            in host memory (pinned when training on a GPU): a batch's states cross to the GPU in
+            microseconds, and GPU memory stays for the step. Least recently used captions go first.
+        text_cache_size: Also cap the number of cached captions (None: only the byte budget).
         share_lora_dropout: Draw one LoRA dropout mask per input tensor (q/k/v of self-attention, k/v of
             cross-attention, the K output heads) instead of one per adapted module: same dropout rate
             for every adapter, 8% less peak memory, no measurable speed change on CPU (docs/benchmarks.md).
@@ -67,7 +78,8 @@ class MusicGenModule(L.LightningModule):
         checkpoint_every_n_layers: int = 1,
         frozen_dtype: FrozenDtype = "auto",
         seed: int = 0,
-        text_cache_size: int = 4096,
+        text_cache_bytes: int = 256 * 2**20,
+        text_cache_size: int | None = None,
         share_lora_dropout: bool = True,
         compile_layers: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -82,9 +94,13 @@ class MusicGenModule(L.LightningModule):
         self.cfg_dropout = cfg_dropout
         self.seed = seed
         self.frozen_dtype = frozen_dtype
+        if text_cache_bytes < 0 or (text_cache_size is not None and text_cache_size < 0):
+            raise ConfigError("model.text_cache_bytes and model.text_cache_size must be >= 0")
+        self.text_cache_bytes = text_cache_bytes
         self.text_cache_size = text_cache_size
         self.lora_weight_decay = float(getattr(lora, "weight_decay", 0.0) or 0.0)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._text_cache_used = 0
         # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`
         self.strict_loading = False
 
@@ -182,21 +198,19 @@ class MusicGenModule(L.LightningModule):
         dtype = self._resolve_frozen_dtype()
         if dtype == torch.float32:
             return
-        # matmul weights only: norms stay float32 (autocast runs them in float32, and CPU kernels
-        # reject a float32 input with bfloat16 parameters)
-        for part in (self.base.text_encoder, self.base.decoder):
-            for module in part.modules():
-                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                    for p in module.parameters(recurse=False):
-                        if not p.requires_grad:
-                            p.data = p.data.to(dtype)
-        self._text_cache.clear()
+        if cast_frozen_weights(self.base, dtype):
+            self._clear_text_cache()  # states of the old weights
 
     def _resolve_frozen_dtype(self) -> torch.dtype:
         if self.frozen_dtype != "auto":
             return _DTYPES[self.frozen_dtype]
+        # the trainer's precision is what its autocast runs (Lightning turns 16-mixed into bf16-mixed on a CPU)
         precision = str(getattr(self.trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
-        return torch.bfloat16 if precision.startswith("bf16") else torch.float32
+        if precision.startswith("bf16"):
+            return torch.bfloat16
+        if precision.startswith("16"):
+            return torch.float16
+        return torch.float32
 
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
@@ -219,15 +233,32 @@ class MusicGenModule(L.LightningModule):
         cached = self._text_cache.get(caption)
         if cached is not None:
             self._text_cache.move_to_end(caption)
-            return cached
+            # pinned host memory -> GPU without a sync (the allocator keeps the block until the copy is done)
+            return cached.to(self.device, non_blocking=True)
         encoder = self.base.text_encoder
         tokens = self.tokenizer([caption], return_tensors="pt", truncation=True).to(self.device)
         state = encoder(**tokens).last_hidden_state[0]
-        if self.text_cache_size > 0:
-            self._text_cache[caption] = state
-            while len(self._text_cache) > self.text_cache_size:
-                self._text_cache.popitem(last=False)
+        self._cache_text_state(caption, state)
         return state
+
+    def _cache_text_state(self, caption: str, state: torch.Tensor) -> None:
+        size = state.numel() * state.element_size()
+        if size > self.text_cache_bytes or self.text_cache_size == 0:
+            return
+        host = state.detach().to("cpu", copy=True)
+        if state.device.type == "cuda":
+            host = host.pin_memory()
+        self._text_cache[caption] = host
+        self._text_cache_used += size
+        while self._text_cache_used > self.text_cache_bytes or (
+            self.text_cache_size is not None and len(self._text_cache) > self.text_cache_size
+        ):
+            _, old = self._text_cache.popitem(last=False)
+            self._text_cache_used -= old.numel() * old.element_size()
+
+    def _clear_text_cache(self) -> None:
+        self._text_cache.clear()
+        self._text_cache_used = 0
 
     def codec_tokenizer(self) -> Any:
         """The frozen codec as the token cache uses it (identity + encoder); computed once per module."""
