@@ -1,0 +1,162 @@
+"""Running the same config anywhere: ${MUSICLIT_*} paths, global batch -> accumulation, --ckpt_path auto."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from tiny_run import fit_args, tiny_fit
+
+from musiclit.errors import ConfigError
+from musiclit.train.cli import build_cli, device_count, expand_variables, resolve_accumulation
+
+
+class LossRecorder(Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+class StopAfter(LossRecorder):
+    """Records losses, then dies at the start of step ``n + 1`` (a machine that went away after a checkpoint)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.n:
+            raise RuntimeError("machine stopped")
+
+
+# ------------------------------------------------------------------ paths from the environment
+
+
+def test_variables_expand_with_defaults_and_only_musiclit_names():
+    env = {"MUSICLIT_DATA": "/workspace/data", "WANDB_API_KEY": "secret-123"}
+    assert expand_variables("${MUSICLIT_DATA}/mystyle", "data.data_dir", env) == "/workspace/data/mystyle"
+    # the path variables have defaults relative to the working folder, so a pod's config runs on a laptop
+    assert expand_variables("${MUSICLIT_RUNS}/a", "x", {}) == "runs/a"
+    assert expand_variables("${MUSICLIT_DATA}/a", "x", {}) == "data/a"
+    assert expand_variables("${MUSICLIT_BASE:-facebook/musicgen-small}", "x", {}) == "facebook/musicgen-small"
+    assert expand_variables("${MUSICLIT_BASE:-x}", "x", {"MUSICLIT_BASE": "/m"}) == "/m"
+    assert expand_variables("no variables, $HOME stays", "x", env) == "no variables, $HOME stays"
+    with pytest.raises(ConfigError, match=r"model.pretrained: \$\{MUSICLIT_BASE\} is not set"):
+        expand_variables("${MUSICLIT_BASE}", "model.pretrained", {})
+    with pytest.raises(ConfigError, match="only MUSICLIT_"):
+        expand_variables("${WANDB_API_KEY}", "trainer.logger", env)
+
+
+def test_the_same_config_resolves_to_the_pods_volume_and_to_a_laptop_folder(tmp_path, tiny_model_dir, monkeypatch):
+    """One YAML with ${MUSICLIT_DATA}/${MUSICLIT_RUNS}: the paths follow the environment, the rest is equal."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"data_dir": "${MUSICLIT_DATA}/mystyle"},
+        "trainer": {"default_root_dir": "${MUSICLIT_RUNS}/mystyle", "accelerator": "cpu"},
+        "model": {"pretrained": str(tiny_model_dir)},
+    }))  # fmt: skip
+    resolved = {}
+    for machine in ("laptop", "pod"):
+        monkeypatch.setenv("MUSICLIT_DATA", str(tmp_path / machine / "data"))
+        monkeypatch.setenv("MUSICLIT_RUNS", str(tmp_path / machine / "runs"))
+        cli = build_cli(["--config", str(config)], run=False)
+        assert cli.datamodule.data_dir == str(tmp_path / machine / "data" / "mystyle")
+        assert cli.trainer.default_root_dir == str(tmp_path / machine / "runs" / "mystyle")
+        assert cli.trainer.checkpoint_callback.dirpath == str(tmp_path / machine / "runs" / "mystyle" / "checkpoints")
+        resolved[machine] = cli.config.as_dict()
+    for section in ("model", "data", "trainer"):  # nothing else differs
+        a, b = resolved["laptop"][section], resolved["pod"][section]
+        expected = {"data": {"data_dir"}, "trainer": {"default_root_dir", "logger"}}.get(section, set())
+        assert {k for k in a if a[k] != b[k]} == expected  # (the loggers write inside the run folder)
+
+
+def test_a_secret_variable_in_a_config_is_refused(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "secret-123")
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["--model.pretrained", str(tiny_model_dir), "--data.data_dir", "${WANDB_API_KEY}"], run=False)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "only MUSICLIT_* variables" in err and "secret-123" not in err
+
+
+# ------------------------------------------------------------------ global batch -> accumulation
+
+
+def test_accumulation_keeps_the_global_batch():
+    assert resolve_accumulation(8, 1, 1) == 8  # the RTX 3060 recipe
+    assert resolve_accumulation(8, 4, 1) == 2  # an A40 overlay
+    assert resolve_accumulation(8, 8, 1) == 1  # an A100 80GB overlay
+    assert resolve_accumulation(16, 2, 4) == 2  # four GPUs
+    with pytest.raises(ConfigError, match=r"global_batch_size 8 is not a multiple of .* 3 x 1 device\(s\) = 3: "
+                                          r"choose data.batch_size in \[1, 2, 4, 8\]"):  # fmt: skip
+        resolve_accumulation(8, 3, 1)
+    with pytest.raises(ConfigError, match="4 x 4 device"):
+        resolve_accumulation(8, 4, 4)
+
+
+def test_device_count_reads_every_form_of_trainer_devices():
+    assert device_count(4, "gpu") == 4
+    assert device_count("2", "gpu", num_nodes=3) == 6
+    assert device_count([0, 2], "gpu") == 2
+    assert device_count("0,1,2", "gpu") == 3
+    assert device_count("auto", "cpu") == 1
+    assert device_count(-1, "auto") == (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+
+
+@pytest.mark.parametrize(("batch", "devices", "accumulate"), [(1, 1, 8), (4, 1, 2), (2, 2, 2)])
+def test_global_batch_size_sets_the_trainers_accumulation(tmp_path, tiny_model_dir, batch, devices, accumulate):
+    args = fit_args(tiny_model_dir, tmp_path, tmp_path / "run", "--global_batch_size", "8",
+                    "--data.batch_size", str(batch), "--trainer.devices", str(devices),
+                    "--trainer.accumulate_grad_batches", "3")[1:]  # fmt: skip
+    if devices > 1:
+        args += ["--trainer.strategy", "ddp"]
+    cli = build_cli(args, run=False)
+    assert cli.trainer.accumulate_grad_batches == accumulate
+
+
+def test_a_global_batch_that_does_not_divide_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
+    args = fit_args(tiny_model_dir, tmp_path, tmp_path / "run", "--global_batch_size", "8", "--data.batch_size", "3")
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(args[1:], run=False)
+    assert exit_info.value.code == 2
+    assert "global_batch_size 8 is not a multiple of data.batch_size 3" in capsys.readouterr().err
+
+
+def test_cloud_overlay_keeps_the_local_runs_global_batch(tmp_path):
+    """medium LoRA locally (1 x 8) and with each overlay: batch x accumulation is 8 every time."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    local = yaml.safe_load((root / "musicgen-medium-lora.yaml").read_text())
+    for overlay in sorted((root / "cloud").glob("*.yaml")):
+        cloud = yaml.safe_load(overlay.read_text())
+        assert set(cloud) <= {"data", "trainer"}, overlay.name  # hardware knobs only
+        assert set(cloud["data"]) <= {"batch_size", "num_workers"}, overlay.name
+        assert set(cloud["trainer"]) <= {"precision", "accelerator", "devices", "num_nodes", "strategy"}
+        batch = cloud["data"]["batch_size"]
+        assert batch * resolve_accumulation(local["global_batch_size"], batch, 1) == local["data"]["batch_size"] * 8
+
+
+# ------------------------------------------------------------------ --ckpt_path auto
+
+
+@pytest.mark.slow
+def test_ckpt_path_auto_starts_fresh_then_resumes_exactly(tmp_path, tiny_model_dir, tiny_dataset, capfd):
+    """The same command twice: the first starts fresh, the second continues; losses equal a straight run."""
+    exact = ("--data.batch_size", "2", "--trainer.precision", "32-true", "--trainer.num_sanity_val_steps", "0",
+             "--seed_everything", "0", "--checkpoint.every_n_train_steps", "1")  # fmt: skip
+    straight, first, second = LossRecorder(), StopAfter(3), LossRecorder()
+    tiny_fit(tiny_model_dir, tiny_dataset, tmp_path / "a", *exact, "--trainer.max_steps", "5", callbacks=[straight])
+    capfd.readouterr()
+    with pytest.raises(RuntimeError, match="machine stopped"):
+        tiny_fit(tiny_model_dir, tiny_dataset, tmp_path / "b", *exact, "--trainer.max_steps", "5", "--ckpt_path",
+                 "auto", callbacks=[first])  # fmt: skip
+    assert "starting fresh" in capfd.readouterr().err
+    tiny_fit(tiny_model_dir, tiny_dataset, tmp_path / "b", *exact, "--trainer.max_steps", "5", "--ckpt_path", "auto",
+             callbacks=[second])  # fmt: skip
+    assert "resuming from " + str(tmp_path / "b" / "checkpoints" / "last.ckpt") in capfd.readouterr().err
+    assert len(first.losses) == 3 and len(second.losses) == 2
+    assert first.losses + second.losses == straight.losses
