@@ -71,8 +71,8 @@ def _layers(config: str) -> list[str]:
     if config == "demo.yaml":
         return []
     if config.startswith("cloud/"):
-        return ["--config", str(ROOT / "configs" / "base.yaml"), "--config",
-                str(ROOT / "configs" / "musicgen-medium-lora.yaml")]  # fmt: skip
+        model = "musicgen-medium-full.yaml" if "fsdp" in config else "musicgen-medium-lora.yaml"
+        return ["--config", str(ROOT / "configs" / "base.yaml"), "--config", str(ROOT / "configs" / model)]
     return ["--config", str(ROOT / "configs" / "base.yaml")]
 
 
