@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -218,3 +220,19 @@ def test_samples_are_skipped_on_a_sharded_model(capsys):
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, strategy=MusicGenFSDP(), current_epoch=0)
     SampleLogger(prompts=["a"]).on_validation_epoch_end(trainer, pl_module=None)  # None: would fail if used
     assert "skipped under FSDP" in capsys.readouterr().out
+
+
+def test_the_docs_layering_resolves_to_the_local_schedule(tmp_path, tiny_model_dir):
+    """base + medium LoRA + the A40 overlay (docs/cloud.md) builds a trainer with batch 4 x accumulation 2 = 8."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    docs = (root / "docs" / "cloud.md").read_text() + (root / "README.md").read_text()
+    for path in set(re.findall(r"configs/[\w./-]+\.yaml", docs)):
+        assert (root / path).is_file(), f"{path} is named in the docs but does not exist"
+    configs = [str(root / "configs" / name) for name in ("base.yaml", "musicgen-medium-lora.yaml", "cloud/a40.yaml")]
+    args = [x for c in configs for x in ("--config", c)]
+    args += ["--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(tmp_path),
+             "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    cli = build_cli(args, run=False)
+    assert cli.datamodule.batch_size == 4 and cli.trainer.accumulate_grad_batches == 2
