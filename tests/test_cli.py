@@ -13,6 +13,7 @@ from musiclit.train.cli import build_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CLOUD = sorted((ROOT / "configs" / "cloud").glob("*.yaml"))
 
 
 def _run(*args, timeout=120):
@@ -64,17 +65,31 @@ def test_fit_help_documents_module_and_data_options():
         assert option in out.stdout, option
 
 
-@pytest.mark.parametrize("config", [c.name for c in CONFIGS if c.name != "base.yaml"])
+def _layers(config: str) -> list[str]:
+    """The README's layering: base.yaml under every model config; a cloud overlay over base + medium LoRA."""
+    if config == "demo.yaml":
+        return []
+    if config.startswith("cloud/"):
+        model = "musicgen-medium-full.yaml" if "fsdp" in config else "musicgen-medium-lora.yaml"
+        return ["--config", str(ROOT / "configs" / "base.yaml"), "--config", str(ROOT / "configs" / model)]
+    return ["--config", str(ROOT / "configs" / "base.yaml")]
+
+
+@pytest.mark.parametrize(
+    "config", [c.name for c in CONFIGS if c.name != "base.yaml"] + [f"cloud/{c.name}" for c in CLOUD]
+)
 def test_every_shipped_config_parses(config, capsys, tmp_path):
     """base.yaml + each model config (as the README layers them) parse against the code's signatures."""
-    layered = [] if config == "demo.yaml" else ["--config", str(ROOT / "configs" / "base.yaml")]
-    args = ["fit", *layered, "--config", str(ROOT / "configs" / config), "--data.data_dir", str(tmp_path),
+    args = ["fit", *_layers(config), "--config", str(ROOT / "configs" / config), "--data.data_dir", str(tmp_path),
             "--print_config"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         build_cli(args)
     assert exit_info.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     source = yaml.safe_load((ROOT / "configs" / config).read_text())
+    for key, value in source.items():
+        if not isinstance(value, dict):
+            assert resolved[key] == value, key
     for section in ("model", "data", "trainer"):
         for key, value in (source.get(section) or {}).items():
             if isinstance(value, dict) and "class_path" not in value:

@@ -15,6 +15,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gpu-memory", type=float, default=12.0, help="GPU memory budget in GiB")
     parser.add_argument("--measure", action="store_true", help="run real steps at random init and measure")
     parser.add_argument("--steps", type=int, default=3)
+    cost = parser.add_argument_group("cost of a run (musiclit.train.cost; needs --dataset)")
+    cost.add_argument("--dataset", help="prepared dataset folder: prints hours and price of training on it")
+    cost.add_argument("--epochs", type=float, help="epochs of the run (default: the config's trainer.max_epochs)")
+    cost.add_argument(
+        "--gpu",
+        default="rtx3060",
+        choices=["rtx3060", "a40", "a100-40gb", "a100-80gb", "h100"],
+        help="card to price (every card is listed too)",
+    )
+    cost.add_argument("--num-gpus", type=int, default=1, help="cards sharing the run (data parallel)")
+    cost.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: the seed's cost table)")
+    cost.add_argument("--utilization", type=float, help="measured FLOP/s / bf16 peak (default: ASSUMED 0.35)")
     args = parser.parse_args(argv)
     config = est.load_configs(args.config)
     spec = est.spec_from_config(config)
@@ -38,6 +50,11 @@ def main(argv: list[str]) -> int:
     print(f"budget {args.gpu_memory:g} GiB: this config {verdict}. Suggestions (estimates):")
     for line in est.suggest(spec, args.gpu_memory * est.GiB):
         print("  " + line)
+    if args.dataset:
+        from musiclit.train.cost import cost_report
+
+        print("\n".join(cost_report(config, spec, args.dataset, args.epochs, args.gpu, args.num_gpus,
+                                     args.price_per_hour, args.utilization)))  # fmt: skip
     if args.measure:
         result = est.measure(config, args.steps)
         if result["device"] == "cuda":

@@ -89,6 +89,13 @@ class SampleLogger(Callback):
         """Generate and log the samples."""
         if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero:
             return
+        from musiclit.train.strategies import is_sharded
+
+        if is_sharded(trainer):  # rank 0 alone cannot run a sharded model (the others would not all-gather)
+            if not getattr(self, "_warned", False):
+                print("musiclit: in-training samples are skipped under FSDP; generate from a checkpoint instead")
+                self._warned = True
+            return
         if trainer.current_epoch % self.every_n_epochs:
             return
         from musiclit.data.audio import write_audio

@@ -8,10 +8,18 @@ Run folder layout (``trainer.default_root_dir``)::
       logs/version_N/config.yaml           the resolved config of each start (and metrics.csv)
       tensorboard/version_N/               TensorBoard events
       samples/step_*/                      audio samples generated during training
+
+Machine-independent configs (docs/cloud.md): any string option may contain ``${MUSICLIT_DATA}``,
+``${MUSICLIT_RUNS}`` or any other ``${MUSICLIT_*}`` variable (``${NAME:-default}`` gives a default), expanded
+from the environment before the classes are built; ``global_batch_size`` derives
+``trainer.accumulate_grad_batches`` from the per-device batch and the device count; ``--ckpt_path auto``
+resumes from ``<run>/checkpoints/last.ckpt`` when it exists and starts fresh otherwise.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +27,95 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from musiclit.data.datamodule import MusicDataModule
+from musiclit.errors import ConfigError
 from musiclit.io import quiet_libraries
 from musiclit.train.callbacks import AdapterExport, ResumableCheckpoint, SampleLogger, StopOnSignal
 from musiclit.train.module import MusicGenModule
 
 DEFAULT_ROOT = "runs/default"
+# Defaults of the path variables, so that a config written for a pod (${MUSICLIT_DATA}/mystyle) also runs on
+# a laptop with nothing set: relative to the folder musiclit is started from, like the README's commands.
+PATH_VARIABLE_DEFAULTS = {"MUSICLIT_DATA": "data", "MUSICLIT_RUNS": "runs"}
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_variables(value: str, where: str, environ: dict[str, str] | None = None) -> str:
+    """Expand ``${MUSICLIT_*}`` and ``${MUSICLIT_*:-default}`` in one config string.
+
+    Only ``MUSICLIT_`` variables are expanded: the resolved config is saved into every run folder, and a
+    secret from the environment (an API key) must never end up in it.
+
+    Args:
+        value: The string from the config or command line.
+        where: The option's name, for the error message.
+        environ: The environment (default: ``os.environ``).
+
+    Raises:
+        ConfigError: A variable outside ``MUSICLIT_*``, or one that is unset and has no default.
+    """
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if not name.startswith("MUSICLIT_"):
+            raise ConfigError(f"{where}: ${{{name}}}: only MUSICLIT_* variables are expanded in configs "
+                              "(so that no secret from the environment is written into a saved config)")  # fmt: skip
+        if env.get(name):
+            return env[name]
+        if default is not None:
+            return default
+        if name in PATH_VARIABLE_DEFAULTS:
+            return PATH_VARIABLE_DEFAULTS[name]
+        raise ConfigError(f"{where}: ${{{name}}} is not set (set it, or write ${{{name}:-default}})")
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def expand_config(node: Any, where: str = "", environ: dict[str, str] | None = None) -> Any:
+    """Expand :func:`expand_variables` in every string of a parsed config (namespaces, dicts, lists)."""
+    if isinstance(node, str):
+        return expand_variables(node, where or "config", environ) if "${" in node else node
+    if isinstance(node, list):
+        return [expand_config(item, f"{where}[{i}]", environ) for i, item in enumerate(node)]
+    if isinstance(node, dict):
+        return {key: expand_config(item, f"{where}.{key}".strip("."), environ) for key, item in node.items()}
+    if hasattr(node, "__dict__") and type(node).__name__ == "Namespace":
+        for key, item in vars(node).items():
+            setattr(node, key, expand_config(item, f"{where}.{key}".strip("."), environ))
+    return node
+
+
+def device_count(devices: Any, accelerator: Any, num_nodes: Any = 1) -> int:
+    """How many processes share a global batch: ``trainer.devices`` (int, list, "0,1", "auto", -1) x nodes."""
+    if isinstance(devices, str) and devices not in ("auto", "-1"):
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
+    if isinstance(devices, (list, tuple)):
+        local = len(devices)
+    elif devices in ("auto", -1, "-1", None):
+        import torch
+
+        gpu = accelerator in ("auto", "gpu", "cuda", None) and torch.cuda.is_available()
+        local = torch.cuda.device_count() if gpu else 1
+    else:
+        local = int(devices)
+    return max(1, local) * max(1, int(num_nodes or 1))
+
+
+def resolve_accumulation(global_batch: int, batch_size: int, devices: int) -> int:
+    """``trainer.accumulate_grad_batches`` that makes ``batch_size x devices x accumulation == global_batch``.
+
+    Raises:
+        ConfigError: The global batch is not a multiple of ``batch_size x devices``.
+    """
+    per_step = batch_size * devices
+    if global_batch < 1 or global_batch % per_step:
+        fits = [b for b in range(1, global_batch + 1) if global_batch % (b * devices) == 0]
+        hint = f"data.batch_size in {fits}" if fits else f"fewer than {devices} devices"
+        raise ConfigError(
+            f"global_batch_size {global_batch} is not a multiple of data.batch_size {batch_size} x {devices} "
+            f"device(s) = {per_step}: choose {hint}, or another global_batch_size"
+        )
+    return global_batch // per_step
 
 
 def cpu_has_bf16() -> bool:
@@ -57,8 +149,9 @@ def resolve_precision(precision: Any, accelerator: Any) -> tuple[Any, str | None
 
 
 class MusicLitCLI(LightningCLI):
-    """LightningCLI with the sample rate/channels linked from the model, fixed run-folder layout, and
-    ``--ckpt_path last`` resolved to ``<run>/checkpoints/last.ckpt``."""
+    """LightningCLI with the sample rate/channels linked from the model, fixed run-folder layout,
+    ``--ckpt_path last|auto`` resolved to ``<run>/checkpoints/last.ckpt``, ``${MUSICLIT_*}`` expanded in
+    config strings, and ``global_batch_size`` resolved into ``trainer.accumulate_grad_batches``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link model facts into the data module and add the always-on callbacks."""
@@ -78,13 +171,36 @@ class MusicLitCLI(LightningCLI):
                 "trainer.use_distributed_sampler": False,
             }
         )
+        parser.add_argument(
+            "--global_batch_size",
+            type=int | None,
+            default=None,
+            help="Examples per optimiser step over all devices; when set, trainer.accumulate_grad_batches is "
+            "derived from it (global / (data.batch_size x devices x nodes)), so a bigger GPU or more GPUs keep "
+            "the same schedule",
+        )
         parser.add_lightning_class_args(AdapterExport, "adapter")
         parser.add_lightning_class_args(SampleLogger, "samples")
         parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
 
     def before_instantiate_classes(self) -> None:
-        """Default loggers and checkpoint folder inside the run folder; resolve ``--ckpt_path last``."""
+        """Expand variables, derive accumulation, default loggers and checkpoint folder inside the run folder,
+        resolve ``--ckpt_path last|auto``."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        try:
+            expand_config(config)
+        except ConfigError as err:
+            self.parser.error(str(err))
+        if config.get("global_batch_size"):
+            devices = device_count(config.trainer.devices, config.trainer.accelerator, config.trainer.num_nodes)
+            try:
+                accumulate = resolve_accumulation(config.global_batch_size, config.data.batch_size, devices)
+            except ConfigError as err:
+                self.parser.error(str(err))
+            if accumulate != config.trainer.accumulate_grad_batches:
+                print(f"musiclit: global batch {config.global_batch_size} = batch {config.data.batch_size} x "
+                      f"{devices} device(s) x accumulate_grad_batches {accumulate}", file=sys.stderr)  # fmt: skip
+            config.trainer.accumulate_grad_batches = accumulate
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if config.trainer.logger in (None, True):
             config.trainer.logger = [
@@ -104,7 +220,12 @@ class MusicLitCLI(LightningCLI):
             print(f"musiclit: {why} (set trainer.precision explicitly to another value to choose)", file=sys.stderr)
             config.trainer.precision = precision
         ckpt = config.get("ckpt_path")
-        if ckpt == "last":
+        if ckpt == "auto":  # one restart command for a pod's start script
+            last = Path(config.checkpoint.dirpath) / "last.ckpt"
+            config.ckpt_path = str(last) if last.is_file() else None
+            what = f"resuming from {last}" if last.is_file() else f"no {last}, starting fresh"
+            print(f"musiclit: --ckpt_path auto: {what}", file=sys.stderr)
+        elif ckpt == "last":
             last = Path(config.checkpoint.dirpath) / "last.ckpt"
             if not last.is_file():
                 self.parser.error(f"--ckpt_path last: no checkpoint at {last} (nothing to resume in {root})")
