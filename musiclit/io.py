@@ -22,10 +22,32 @@ from typing import Any
 from musiclit.errors import MusiclitError
 
 HASH_BLOCK = 1 << 20
+CRASH_ENV = "MUSICLIT_CRASH_AT"
+_crash_counts: dict[str, int] = {}
 
 
 class OutputExistsError(MusiclitError, FileExistsError):
     """An output that exists and may only be replaced when the user says so (``--force``)."""
+
+
+def crash_point(stage: str, path: str | os.PathLike[str]) -> None:
+    """Kill this process (SIGKILL) here when ``$MUSICLIT_CRASH_AT`` names this point: the kill tests' hook.
+
+    ``MUSICLIT_CRASH_AT=<stage>:<file name>:<n>`` kills the process the ``n``-th time (1-based) that the
+    stage is reached for a file of that name, e.g. ``written:last.ckpt:3`` while the third ``last.ckpt``
+    is complete in its temporary file but not yet renamed. Without the variable this does nothing.
+    """
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    key = f"{stage}:{Path(path).name}"
+    if not spec.startswith(key + ":"):
+        return
+    _crash_counts[key] = _crash_counts.get(key, 0) + 1
+    if str(_crash_counts[key]) == spec[len(key) + 1 :]:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -71,6 +93,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         tmp.chmod(0o666 & ~_umask())
+        crash_point("written", path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -118,10 +141,12 @@ def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[
         for file in tmp.rglob("*"):
             if file.is_file():
                 fsync_file(file)
+        crash_point("written", out)
         old = out.with_name(f".{out.name}.old")
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
+            crash_point("swapping", out)
         tmp.rename(out)
         fsync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
@@ -137,6 +162,48 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         while block := fh.read(HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+class UnsafeFileError(MusiclitError, ValueError):
+    """A pickle-based file (``.ckpt``, ``.bin``, ``.th``) that holds more than tensors and plain values.
+
+    Opening such a file would run code that its author chose, so musiclit refuses it.
+    """
+
+
+def load_tensors(path: str | os.PathLike[str], what: str = "file", hint: str = "") -> Any:
+    """``torch.load`` a pickle-based file with ``weights_only=True``: tensors and plain containers only.
+
+    A file made by someone else cannot run code when it is opened: a pickle that names any other object
+    (a class to construct, a function to call) is refused before any of it runs.
+
+    Args:
+        path: The file.
+        what: What the file should be, for the message ("checkpoint", "adapter weights", ...).
+        hint: Appended to the message of a refused file (e.g. how to open it anyway).
+
+    Raises:
+        UnsafeFileError: The file holds objects other than tensors and plain values.
+        MusiclitError: The file is missing or is not a readable torch file.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MusiclitError(f"{path}: {what} not found") from None
+    except pickle.UnpicklingError as err:
+        lines = str(err).strip().splitlines() or [""]
+        detail = next((line.strip() for line in lines if "GLOBAL" in line), lines[0])
+        raise UnsafeFileError(
+            f"{path}: refused to open this {what}: it holds objects other than tensors and plain values, and "
+            f"opening it could run code its author chose ({detail[:200]}){hint}"
+        ) from None
+    except Exception as err:
+        raise MusiclitError(f"{path}: cannot read this {what} ({type(err).__name__}: {str(err)[:300]})") from None
 
 
 def quiet_libraries() -> None:
