@@ -192,3 +192,34 @@ def test_allow_import_lets_a_config_name_the_users_own_class(tmp_path, tiny_mode
     assert fit([*fit_args(tiny_model_dir, tiny_dataset, tmp_path / "run2", *args)[1:], "--allow-import", "mypkg"]) == 0
     assert "HELLO-END" in capsys.readouterr().out
     sys.modules.pop("mypkg", None)
+
+
+SECRETS = {"WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcdef", "HF_TOKEN": "hf_SECRETxyzTOKEN42",
+           "AWS_SECRET_ACCESS_KEY": "awsSECRETkey99"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_secrets_in_the_environment_reach_no_file(tmp_path, monkeypatch, tiny_model_dir, tiny_dataset, capsys):
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
+    run = tmp_path / "run"
+    logger = ["--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+              "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.offline", "true",
+              "--trainer.logger.init_args.project", "p", "--trainer.logger.init_args.name", "runNAME7xq"]  # fmt: skip
+    tiny_fit(tiny_model_dir, tiny_dataset, run, "--trainer.max_steps", "2", *logger)
+    assert main(["generate", "--model", str(tiny_model_dir), "--adapter", str(run / "adapter"), "--prompt", "x",
+                 "--seconds", "0.2", "--out", str(tmp_path / "gen")]) == 0  # fmt: skip
+    ckpt = next((run / "checkpoints").glob("last.ckpt"))
+    assert main(["export", str(ckpt), "--format", "merged", "--out", str(tmp_path / "exp")]) == 0
+    out = capsys.readouterr()
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 10 and any("wandb" in str(p) for p in files)
+    # the oracle: a value given in the config does reach the saved config and the W&B run files
+    assert any(b"runNAME7xq" in p.read_bytes() for p in files if "wandb" in str(p))
+    assert any(b"runNAME7xq" in p.read_bytes() for p in files if p.name == "config.yaml")
+    for value in SECRETS.values():
+        assert value not in out.out + out.err
+        for path in files:
+            assert value.encode() not in path.read_bytes(), f"{value[:6]}... leaked into {path}"
