@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from musiclit.data.datamodule import MusicDataModule
 from musiclit.errors import ConfigError
 from musiclit.io import quiet_libraries
-from musiclit.train.callbacks import AdapterExport, SampleLogger
+from musiclit.train.callbacks import AdapterExport, NonFiniteGuard, SampleLogger
 from musiclit.train.module import MusicGenModule
 
 DEFAULT_ROOT = "runs/default"
@@ -93,6 +93,7 @@ class MusicLitCLI(LightningCLI):
         )
         parser.add_lightning_class_args(AdapterExport, "adapter")
         parser.add_lightning_class_args(SampleLogger, "samples")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
     def before_instantiate_classes(self) -> None:
         """Default loggers and checkpoint folder inside the run folder; resolve ``--ckpt_path last``."""
