@@ -108,15 +108,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write UTF-8 ``text`` to ``path`` atomically (a non-UTF-8 file name in it is shown as ``\\xe9``)."""
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(
     path: str | os.PathLike[str], data: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None
 ) -> None:
-    """Write ``data`` as JSON (UTF-8, a trailing newline) to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False, default=default) + "\n")
+    """Write ``data`` as JSON (UTF-8, a trailing newline) to ``path`` atomically.
+
+    A string that is not valid Unicode (a file name that is not UTF-8, held by Python as surrogate escapes)
+    is written as a JSON ``\\udcXX`` escape, which reads back as the same string (and so the same file).
+    """
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, indent=indent, ensure_ascii=True, default=default)
+    atomic_write_text(path, text + "\n")
 
 
 @contextlib.contextmanager
