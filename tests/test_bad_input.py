@@ -136,3 +136,141 @@ def test_prepare_on_a_full_disk_stops_with_the_file_and_leaves_no_half_clip(tmp_
     assert "No space left on device" in str(err.value)
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name.endswith(".tmp")]
     assert not leftovers and not list((tmp_path / "out").rglob("*.wav"))
+
+
+def _mutated_dataset(src: Path, dst: Path) -> dict[str, str]:
+    """A copy of a good dataset with broken clips, captions and manifest lines; ``clip -> expected message``."""
+    import shutil
+
+    from musiclit.data.manifest import MANIFEST_NAME
+
+    shutil.copytree(src, dst)
+    lines = (dst / MANIFEST_NAME).read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    train = [r for r in rows if r["split"] == "train"]
+    expect = {}
+    (dst / train[0]["path"]).with_suffix(".json").unlink()
+    expect[train[0]["path"][:-4] + ".json"] = "caption JSON missing"
+    (dst / train[1]["path"]).with_suffix(".json").write_text("{not json")
+    expect[train[1]["path"][:-4] + ".json"] = "malformed JSON"
+    (dst / train[2]["path"]).with_suffix(".json").write_text('{"bpm": "fast", "description": 5}')
+    expect[train[2]["path"][:-4] + ".json"] = "must be"
+    absurd = json.loads((dst / train[3]["path"]).with_suffix(".json").read_text())
+    absurd.update({"bpm": -5, "key": "H# lydian", "description": "la " * 350_000})
+    (dst / train[3]["path"]).with_suffix(".json").write_text(json.dumps(absurd))
+    expect[train[3]["path"][:-4] + ".json"] = "bpm"
+    (dst / train[4]["path"]).write_bytes(b"")
+    expect[train[4]["path"]] = "empty file"
+    rows.append({**train[5], "path": "clips/not-there.wav"})
+    expect["clips/not-there.wav"] = "missing"
+    rows.append(dict(train[6]))
+    expect[train[6]["path"] + ": listed more than once"] = "listed more than once"
+    rows.append({**train[6], "path": "/elsewhere/other-dataset/clip.wav"})
+    expect["/elsewhere/other-dataset/clip.wav"] = "outside the dataset folder"
+    (dst / MANIFEST_NAME).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return expect
+
+
+def test_fit_skips_bad_clips_and_says_so(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    from tiny_run import tiny_fit
+
+    data = tmp_path / "data"
+    expect = _mutated_dataset(tiny_dataset, data)
+    # a clip whose header is fine but whose samples are NaN: found only when read, then skipped
+    nan_clip = next(p for p in sorted((data / "clips").rglob("*.wav")) if p.with_suffix(".json").is_file()
+                    and "lydian" not in p.with_suffix(".json").read_text()
+                    and p.stat().st_size > 0)  # fmt: skip
+    wav, sr = sf.read(str(nan_clip), dtype="float32", always_2d=True)
+    wav[:] = np.nan
+    sf.write(str(nan_clip), wav, sr, subtype="FLOAT")
+    cli = tiny_fit(tiny_model_dir, data, tmp_path / "run", "--trainer.max_steps", "3", "--trainer.logger", "false",
+                   "--trainer.precision", "32-true", "--data.batch_size", "1")  # fmt: skip
+    assert cli.trainer.global_step == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"skipping {len(expect)} of" in err, err[-2000:]
+    for needle, problem in expect.items():
+        line = next((x for x in err.splitlines() if needle in x), None)
+        assert line is not None and problem in line, (needle, problem, err[-3000:])
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fails the test if a model is loaded (errors about input must come first)."""
+    import musiclit.model.musicgen as mg
+    import musiclit.train.module  # noqa: F401 - imported before the patch, so that it binds the real function
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(mg, "load_musicgen", boom)
+    monkeypatch.setattr("musiclit.train.module.load_musicgen", boom)
+
+
+@pytest.mark.parametrize("kind", ["missing", "no audio", "a file", "empty manifest"])
+def test_fit_and_cache_refuse_a_bad_data_dir_before_loading_a_model(kind, tmp_path, capsys, no_model_load):
+    from tiny_run import fit_args
+
+    data = tmp_path / "data"
+    if kind == "no audio":
+        data.mkdir()
+        (data / "notes.txt").write_text("no songs here")
+    elif kind == "a file":
+        data.write_text("x")
+    elif kind == "empty manifest":
+        data.mkdir()
+        (data / "manifest.jsonl").write_text("")
+        (data / "x.wav").write_bytes(b"")
+    args = fit_args("no-such-model", data, tmp_path / "run", "--trainer.max_steps", "1")
+    for verb in ("fit", "cache"):
+        assert main([verb, *args[1:]]) == 2
+        err = capsys.readouterr().err
+        line = next(x for x in err.splitlines() if x.startswith(f"musiclit {verb}: error:"))  # one line
+        assert str(data) in line, err
+        assert ("no manifest.jsonl and no audio" if kind == "no audio" else
+                "lists no clips" if kind == "empty manifest" else "dataset folder not found") in line  # fmt: skip
+
+
+def test_a_one_song_dataset_trains_without_validation(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from tiny_run import tiny_fit
+
+    from musiclit.data.manifest import MANIFEST_NAME
+
+    data = tmp_path / "one"
+    shutil.copytree(tiny_dataset, data)
+    rows = [json.loads(x) for x in (data / MANIFEST_NAME).read_text().splitlines()]
+    song = rows[0]["song_id"]
+    keep = [{**r, "split": None} for r in rows if r["song_id"] == song]
+    (data / MANIFEST_NAME).write_text("".join(json.dumps(r) + "\n" for r in keep))
+    cli = tiny_fit(tiny_model_dir, data, tmp_path / "run", "--trainer.max_steps", "2", "--trainer.logger", "false")
+    assert cli.trainer.global_step == 2
+    assert "one song: no validation split is possible" in capsys.readouterr().err
+
+
+def test_generate_prompt_audio_names_each_bad_file_before_loading_a_model(corpus, tmp_path, capsys, no_model_load):
+    src, _, kinds, _ = corpus
+    bad = ["zero-byte file", "truncated WAV (header only)", "truncated FLAC", "truncated MP3", "a text file named .mp3",
+           "WAV with NaN/Inf samples (prepare zeroes them)", "unreadable: a FIFO named .wav (opening it would block)",
+           "a folder named .flac", "broken symlink", "symlink loop (files)"]  # fmt: skip
+    for kind in bad:
+        path = src / kinds[kind][0]
+        assert main(["generate", "--model", "no-such-model", "--prompt", "x", "--prompt-audio", str(path),
+                     "--out", str(tmp_path / "out")]) == 2, kind  # fmt: skip
+        err = capsys.readouterr().err
+        assert str(path) in err and "Traceback" not in err, (kind, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_names_the_problem_of_a_bad_audiocraft_folder(tmp_path, capsys):
+    cases = {"no state_dict.bin": None, "zero-byte": b"", "truncated": b"PK\x03\x04" + b"\x00" * 20,
+             "text": b"hello, not a checkpoint"}  # fmt: skip
+    for name, data in cases.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        if data is not None:
+            (folder / "state_dict.bin").write_bytes(data)
+        assert main(["import", str(folder), "--base", "no-such-model", "--out", str(tmp_path / "o")]) == 2, name
+        err = capsys.readouterr().err
+        assert str(folder) in err and "Traceback" not in err, (name, err)

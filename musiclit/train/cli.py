@@ -98,6 +98,9 @@ class MusicLitCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Default loggers and checkpoint folder inside the run folder; resolve ``--ckpt_path last``."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        from musiclit.data.manifest import check_data_dir
+
+        check_data_dir(config.data.data_dir)  # a typo costs no model load
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if config.trainer.logger in (None, True):
             config.trainer.logger = [
