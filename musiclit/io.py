@@ -134,12 +134,16 @@ def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[
 
     The folder is built beside ``out`` (same file system), its files synced, then renamed into place; an
     existing ``out`` is replaced only with ``force``. A crash leaves a hidden ``.<name>.partial-*`` folder,
-    never a half-written folder under the final name.
+    never a half-written folder under the final name; a crash between moving the old folder aside
+    (``.<name>.old``) and renaming the new one leaves the old one, put back by the next call.
 
     Raises:
         OutputExistsError: ``out`` exists and ``force`` is False.
     """
     out = Path(out)
+    old = out.with_name(f".{out.name}.old")
+    if not out.exists() and old.is_dir():  # a crash between the two renames below: the old folder comes back
+        old.rename(out)
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +155,6 @@ def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[
             if file.is_file():
                 fsync_file(file)
         crash_point("written", out)
-        old = out.with_name(f".{out.name}.old")
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)

@@ -274,3 +274,71 @@ def test_import_names_the_problem_of_a_bad_audiocraft_folder(tmp_path, capsys):
         assert main(["import", str(folder), "--base", "no-such-model", "--out", str(tmp_path / "o")]) == 2, name
         err = capsys.readouterr().err
         assert str(folder) in err and "Traceback" not in err, (name, err)
+
+
+def _enospc_on(monkeypatch, suffix: str) -> None:
+    """Fail the sync of any file whose name contains ``suffix`` with ENOSPC (a full disk at the OS call)."""
+    import musiclit.io as mio
+
+    real = mio.fsync_file
+
+    def full(path):
+        if suffix in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path)
+
+    monkeypatch.setattr(mio, "fsync_file", full)
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    from musiclit.train.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch_ones()}, "global_step": 1}, path)
+    _enospc_on(monkeypatch, "last.ckpt")
+    with pytest.raises(OSError, match="No space left") as err:
+        io.save_checkpoint({"state_dict": {"w": torch_ones() * 2}, "global_step": 2}, path)
+    assert "last.ckpt" in err.value.filename
+    assert io.load_checkpoint(path)["global_step"] == 1  # the previous checkpoint, complete
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def torch_ones():
+    import torch
+
+    return torch.ones(3)
+
+
+def test_a_full_disk_is_one_line_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from prep_audio import SongSpec, synth_song, write
+
+    src = tmp_path / "songs"
+    write(src / "ok.wav", synth_song(SongSpec(100, 0, "major", 12, seed=1), 32000, 1), 32000, "WAV")
+    _enospc_on(monkeypatch, ".wav.")
+    code = main(["prepare", "--input", str(src), "--output", str(tmp_path / "out"), "--segment", "5",
+                 "--min-tail", "2", "--workers", "0", "--no-progress", "--no-labels"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "error: the disk is full while writing" in err and "Traceback" not in err, err
+
+
+def test_a_clip_with_nan_samples_is_masked_out_and_said_once(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from musiclit.data.datasets import ClipDataset
+    from musiclit.data.manifest import load_dataset_entries
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_dataset, data)
+    entries = load_dataset_entries(data)
+    bad = data / entries[0].path
+    wav, sr = sf.read(str(bad), dtype="float32", always_2d=True)
+    wav[100:200] = np.inf
+    sf.write(str(bad), wav, sr, subtype="FLOAT")
+    ds = ClipDataset(data, entries, 32000, 1, 2.0, random_crop=False)
+    for _ in range(2):
+        item = ds[0]
+        assert not item["audio_mask"].any() and not item["audio"].any()
+    assert ds[1]["audio_mask"].any()  # the other clips are read as usual
+    err = capsys.readouterr().err
+    assert err.count("musiclit: skipping clip") == 1 and str(bad) in err and "NaN or infinite" in err
