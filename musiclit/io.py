@@ -34,17 +34,19 @@ def crash_point(stage: str, path: str | os.PathLike[str]) -> None:
     """Kill this process (SIGKILL) here when ``$MUSICLIT_CRASH_AT`` names this point: the kill tests' hook.
 
     ``MUSICLIT_CRASH_AT=<stage>:<file name>:<n>`` kills the process the ``n``-th time (1-based) that the
-    stage is reached for a file of that name, e.g. ``written:last.ckpt:3`` while the third ``last.ckpt``
-    is complete in its temporary file but not yet renamed. Without the variable this does nothing.
+    stage is reached for a file of that name (``*``: any file), e.g. ``written:last.ckpt:3`` while the third
+    ``last.ckpt`` is complete in its temporary file but not yet renamed. Without the variable this does nothing.
     """
     spec = os.environ.get(CRASH_ENV)
     if not spec:
         return
-    key = f"{stage}:{Path(path).name}"
-    if not spec.startswith(key + ":"):
+    want_stage, _, rest = spec.partition(":")
+    name, _, count = rest.rpartition(":")
+    if want_stage != stage or name not in ("*", Path(path).name):
         return
+    key = f"{stage}:{name}"
     _crash_counts[key] = _crash_counts.get(key, 0) + 1
-    if str(_crash_counts[key]) == spec[len(key) + 1 :]:
+    if str(_crash_counts[key]) == count:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
