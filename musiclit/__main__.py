@@ -65,6 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"musiclit {verb}: error: {err}", file=sys.stderr)
         print("(set MUSICLIT_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2
+    except OSError as err:
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or os.environ.get("MUSICLIT_DEBUG"):
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        hint = "free some space and run the same command again (finished work is kept; fit: --ckpt_path last)"
+        print(f"musiclit {verb}: error: the disk is full{where} ({err.strerror}); {hint}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -22,10 +22,34 @@ from typing import Any
 from musiclit.errors import MusiclitError
 
 HASH_BLOCK = 1 << 20
+CRASH_ENV = "MUSICLIT_CRASH_AT"
+_crash_counts: dict[str, int] = {}
 
 
 class OutputExistsError(MusiclitError, FileExistsError):
     """An output that exists and may only be replaced when the user says so (``--force``)."""
+
+
+def crash_point(stage: str, path: str | os.PathLike[str]) -> None:
+    """Kill this process (SIGKILL) here when ``$MUSICLIT_CRASH_AT`` names this point: the kill tests' hook.
+
+    ``MUSICLIT_CRASH_AT=<stage>:<file name>:<n>`` kills the process the ``n``-th time (1-based) that the
+    stage is reached for a file of that name (``*``: any file), e.g. ``written:last.ckpt:3`` while the third
+    ``last.ckpt`` is complete in its temporary file but not yet renamed. Without the variable this does nothing.
+    """
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    want_stage, _, rest = spec.partition(":")
+    name, _, count = rest.rpartition(":")
+    if want_stage != stage or name not in ("*", Path(path).name):
+        return
+    key = f"{stage}:{name}"
+    _crash_counts[key] = _crash_counts.get(key, 0) + 1
+    if str(_crash_counts[key]) == count:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -71,6 +95,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         tmp.chmod(0o666 & ~_umask())
+        crash_point("written", path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -85,15 +110,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write UTF-8 ``text`` to ``path`` atomically (a non-UTF-8 file name in it is shown as ``\\xe9``)."""
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(
     path: str | os.PathLike[str], data: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None
 ) -> None:
-    """Write ``data`` as JSON (UTF-8, a trailing newline) to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False, default=default) + "\n")
+    """Write ``data`` as JSON (UTF-8, a trailing newline) to ``path`` atomically.
+
+    A string that is not valid Unicode (a file name that is not UTF-8, held by Python as surrogate escapes)
+    is written as a JSON ``\\udcXX`` escape, which reads back as the same string (and so the same file).
+    """
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, indent=indent, ensure_ascii=True, default=default)
+    atomic_write_text(path, text + "\n")
 
 
 @contextlib.contextmanager
@@ -102,12 +136,16 @@ def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[
 
     The folder is built beside ``out`` (same file system), its files synced, then renamed into place; an
     existing ``out`` is replaced only with ``force``. A crash leaves a hidden ``.<name>.partial-*`` folder,
-    never a half-written folder under the final name.
+    never a half-written folder under the final name; a crash between moving the old folder aside
+    (``.<name>.old``) and renaming the new one leaves the old one, put back by the next call.
 
     Raises:
         OutputExistsError: ``out`` exists and ``force`` is False.
     """
     out = Path(out)
+    old = out.with_name(f".{out.name}.old")
+    if not out.exists() and old.is_dir():  # a crash between the two renames below: the old folder comes back
+        old.rename(out)
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,10 +156,11 @@ def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[
         for file in tmp.rglob("*"):
             if file.is_file():
                 fsync_file(file)
-        old = out.with_name(f".{out.name}.old")
+        crash_point("written", out)
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
+            crash_point("swapping", out)
         tmp.rename(out)
         fsync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
@@ -137,6 +176,48 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         while block := fh.read(HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+class UnsafeFileError(MusiclitError, ValueError):
+    """A pickle-based file (``.ckpt``, ``.bin``, ``.th``) that holds more than tensors and plain values.
+
+    Opening such a file would run code that its author chose, so musiclit refuses it.
+    """
+
+
+def load_tensors(path: str | os.PathLike[str], what: str = "file", hint: str = "") -> Any:
+    """``torch.load`` a pickle-based file with ``weights_only=True``: tensors and plain containers only.
+
+    A file made by someone else cannot run code when it is opened: a pickle that names any other object
+    (a class to construct, a function to call) is refused before any of it runs.
+
+    Args:
+        path: The file.
+        what: What the file should be, for the message ("checkpoint", "adapter weights", ...).
+        hint: Appended to the message of a refused file (e.g. how to open it anyway).
+
+    Raises:
+        UnsafeFileError: The file holds objects other than tensors and plain values.
+        MusiclitError: The file is missing or is not a readable torch file.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MusiclitError(f"{path}: {what} not found") from None
+    except pickle.UnpicklingError as err:
+        lines = str(err).strip().splitlines() or [""]
+        detail = next((line.strip() for line in lines if "GLOBAL" in line), lines[0])
+        raise UnsafeFileError(
+            f"{path}: refused to open this {what}: it holds objects other than tensors and plain values, and "
+            f"opening it could run code its author chose ({detail[:200]}){hint}"
+        ) from None
+    except Exception as err:
+        raise MusiclitError(f"{path}: cannot read this {what} ({type(err).__name__}: {str(err)[:300]})") from None
 
 
 def quiet_libraries() -> None:

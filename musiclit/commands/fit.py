@@ -1,6 +1,27 @@
-"""``python -m musiclit fit`` and ``validate``: the LightningCLI (:mod:`musiclit.train.cli`) with the verb."""
+"""``python -m musiclit fit`` and ``validate``: the LightningCLI (:mod:`musiclit.train.cli`) with the verb.
+
+``--allow-import MODULE_OR_CLASS`` (repeatable, musiclit's own option, taken out before the LightningCLI
+parses): lets a config or argument name a class_path outside musiclit, torch.optim and Lightning's
+callbacks/loggers/strategies/plugins/profilers/accelerators. Without it such a config is refused: a
+config from someone else could otherwise construct any object (e.g. run a command).
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+
+def _run(verb: str, argv: list[str]) -> Any:
+    """Run the LightningCLI for ``verb``; returns it (None when only ``--help`` ran)."""
+    from musiclit.train.cli import ALLOW, build_cli, split_allow_imports
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            f"musiclit option: {ALLOW} MODULE_OR_CLASS  allow a config to name this class_path (repeatable; "
+            "by default only musiclit, torch.optim and Lightning's own classes)\n"
+        )
+    rest, allow = split_allow_imports(argv)
+    return build_cli([verb, *rest], allow_imports=allow)
 
 
 def fit(argv: list[str]) -> int:
@@ -12,9 +33,10 @@ def fit(argv: list[str]) -> int:
     import sys
 
     from musiclit.train.callbacks import StopOnSignal
-    from musiclit.train.cli import build_cli
 
-    cli = build_cli(["fit", *argv])
+    cli = _run("fit", argv)
+    if cli is None:
+        return 0
     stop = next((cb for cb in cli.trainer.callbacks if isinstance(cb, StopOnSignal)), None)
     if stop is None or stop.stopped_at_step is None:
         return 0
@@ -26,7 +48,5 @@ def fit(argv: list[str]) -> int:
 
 def validate(argv: list[str]) -> int:
     """Run ``validate`` on a checkpoint."""
-    from musiclit.train.cli import build_cli
-
-    build_cli(["validate", *argv])
+    _run("validate", argv)
     return 0

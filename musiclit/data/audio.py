@@ -54,6 +54,9 @@ def read_audio(
         raise AudioError(f"{path}: cannot decode audio ({err})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no audio samples (empty file or offset past the end)")
+    if not np.isfinite(data).all():
+        bad = int(data.size - np.isfinite(data).sum())
+        raise AudioError(f"{path}: {bad} samples are NaN or infinite (a broken float file)")
     wav = np.ascontiguousarray(data.T)
     if sample_rate is not None and sr != sample_rate:
         wav = resample(wav, sr, sample_rate)

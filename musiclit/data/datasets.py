@@ -9,6 +9,7 @@ uninterrupted run would have seen.
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class ClipDataset(Dataset):
         self.random_crop = random_crop
         self.caption_dropout = caption_dropout
         self.seed = seed
+        self.skipped: set[int] = set()  # clips that failed to decode in this process
         # captions are small and read often: load and validate them once, up front
         self.captions = [self._load_caption(e) for e in self.entries]
 
@@ -92,9 +94,15 @@ class ClipDataset(Dataset):
         path = self.root / entry.path
         try:
             wav = read_audio(path, self.sample_rate, self.channels, start=start, duration=self.segment_duration)
+            audio, mask = crop_or_pad(wav, self.segment_samples)
         except AudioError as err:
-            raise AudioError(f"{err} (clip listed in the dataset at {self.root})") from None
-        audio, mask = crop_or_pad(wav, self.segment_samples)
+            # a clip whose content is broken (the header was fine up front): all frames masked out, so it adds
+            # nothing to the loss; said once per clip and process, never a traceback from inside a worker
+            if index not in self.skipped:
+                self.skipped.add(index)
+                print(f"musiclit: skipping clip {err} ({len(self.skipped)} skipped so far)", file=sys.stderr)
+            audio = np.zeros((self.channels, self.segment_samples), np.float32)
+            mask = np.zeros(self.segment_samples, bool)
         text = compose_caption(self.captions[index], rng if self.caption_dropout else None, self.caption_dropout)
         return {
             "audio": torch.from_numpy(audio),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,8 +121,7 @@ def scan_dataset(root: str | os.PathLike[str]) -> list[ClipEntry]:
     its own song). Splits are left unassigned.
 
     Raises:
-        ManifestError: No audio found, or an audio file cannot be read.
-        CaptionError: A caption JSON is malformed.
+        ManifestError: No audio found (an unreadable file or caption is reported by :func:`check_entries`).
     """
     import soundfile as sf
 
@@ -131,15 +131,14 @@ def scan_dataset(root: str | os.PathLike[str]) -> list[ClipEntry]:
         raise ManifestError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
     entries = []
     for audio in files:
+        rel = audio.relative_to(root).as_posix()
         try:
             info = sf.info(str(audio))
-        except Exception as err:  # soundfile raises several types for unreadable files
-            raise ManifestError(f"{audio}: cannot read audio ({err})") from None
-        caption_file = audio.with_suffix(".json")
-        song_id = None
-        if caption_file.exists():
-            song_id = Caption.load(caption_file).song_id
-        rel = audio.relative_to(root).as_posix()
+            caption_file = audio.with_suffix(".json")
+            song_id = Caption.load(caption_file).song_id if caption_file.exists() else None
+        except Exception:  # reported with the file and the problem by check_entries
+            entries.append(ClipEntry(path=rel, duration=0.0, sample_rate=1, channels=1, song_id=rel))
+            continue
         entries.append(
             ClipEntry(
                 path=rel,
@@ -190,16 +189,94 @@ def load_dataset_entries(root: str | os.PathLike[str], valid_fraction: float = 0
         ManifestError: The folder does not exist, has no clips, or lists a clip that is missing.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"{root}: dataset folder not found")
+    check_data_dir(root)
     manifest = root / MANIFEST_NAME
     entries = read_manifest(manifest) if manifest.exists() else scan_dataset(root)
     if not entries:
         raise ManifestError(f"{manifest}: the manifest lists no clips")
+    good, problems = check_entries(root, entries)
+    if problems:
+        shown = "\n".join(f"  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        print(f"musiclit: skipping {len(problems)} of {len(entries)} clips in {root}:\n{shown}{more}", file=sys.stderr)
+    if not good:
+        more = f" (and {len(problems) - 1} more problems above)" if len(problems) > 1 else ""
+        raise ManifestError(f"{root}: none of its {len(entries)} clips can be used: {problems[0]}{more}")
+    if valid_fraction > 0 and len({e.song_id for e in good}) < 2 and not any(e.split == "valid" for e in good):
+        print(f"musiclit: {root} has one song: no validation split is possible (training only)", file=sys.stderr)
+    return split_by_song(good, valid_fraction, seed)
+
+
+def check_data_dir(root: str | os.PathLike[str]) -> None:
+    """Fail fast (before any model is loaded) when ``root`` cannot be a dataset: missing, or no clips.
+
+    Raises:
+        ManifestError: The folder does not exist, its manifest is malformed or empty, or it has neither a
+            manifest nor any audio file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        hint = " (it is a file)" if root.exists() else ""
+        raise ManifestError(f"{root}: dataset folder not found{hint}: check --data.data_dir")
+    if (root / MANIFEST_NAME).is_file():
+        if not read_manifest(root / MANIFEST_NAME):
+            raise ManifestError(f"{root / MANIFEST_NAME}: the manifest lists no clips")
+        return
+    if not any(p.suffix.lower() in AUDIO_EXTENSIONS for p in root.rglob("*")):
+        raise ManifestError(
+            f"{root}: no {MANIFEST_NAME} and no audio files ({', '.join(AUDIO_EXTENSIONS)}): make a dataset with "
+            "`python -m musiclit prepare --input <songs> --output <dataset>` and point --data.data_dir at it"
+        )
+
+
+def check_entries(root: Path, entries: Sequence[ClipEntry]) -> tuple[list[ClipEntry], list[str]]:
+    """Split entries into usable ones and one-line problems (file + problem), checking what is cheap to check.
+
+    A clip is unusable when its path leaves the dataset folder (a manifest of another dataset), it is missing,
+    not a regular file, empty or has no readable audio header, or its caption JSON is missing or invalid.
+    A path listed twice is used once. Audio content (e.g. NaN samples) is checked when the clip is read.
+    """
+    import soundfile as sf
+
+    good: list[ClipEntry] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    base = root.resolve()
     for entry in entries:
-        if not (root / entry.path).is_file():
-            raise ManifestError(f"{manifest}: clip '{entry.path}' is listed but {root / entry.path} does not exist")
-    return split_by_song(entries, valid_fraction, seed)
+        path = root / entry.path
+        if entry.path in seen:
+            problems.append(f"{entry.path}: listed more than once in the manifest (used once)")
+            continue
+        seen.add(entry.path)
+        try:
+            inside = path.resolve().is_relative_to(base)
+        except OSError:
+            inside = False
+        if Path(entry.path).is_absolute() or not inside:
+            problems.append(f"{entry.path}: outside the dataset folder {root} (a manifest of another dataset?)")
+            continue
+        if not path.is_file():
+            problems.append(f"{path}: listed in the manifest but " + ("not a file" if path.exists() else "missing"))
+            continue
+        if path.stat().st_size == 0:
+            problems.append(f"{path}: empty file (0 bytes)")
+            continue
+        try:
+            sf.info(str(path))
+        except Exception as err:  # soundfile raises several types for unreadable files
+            problems.append(f"{path}: cannot read audio ({str(err).splitlines()[0][:160]})")
+            continue
+        caption = entry.caption_path(root)
+        if not caption.is_file():
+            problems.append(f"{caption}: caption JSON missing")
+            continue
+        try:
+            Caption.load(caption)
+        except CaptionError as err:
+            problems.append(str(err))
+            continue
+        good.append(entry)
+    return good, problems
 
 
 __all__ = [

@@ -114,22 +114,20 @@ def export_audiocraft(ft: Any, out: str | Path, force: bool = False, segment_dur
 
 def read_audiocraft(folder: str | Path, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(best_state, xp_cfg)`` of an audiocraft-format folder (``state_dict.bin``)."""
-    import pickle
-
     import torch
+
+    from musiclit.io import load_tensors
 
     path = Path(folder) / "state_dict.bin"
     if not path.is_file():
         raise ExportError(f"{folder}: no state_dict.bin (not an audiocraft MusicGen folder)")
-    try:
-        pkg = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as err:
-        raise ExportError(
-            f"{path}: holds objects other than tensors and plain values ({str(err).splitlines()[0]}); if you trust "
-            "the file, pass --trust-pickle"
-        ) from None
-    except Exception as err:
-        raise ExportError(f"{path}: cannot read it ({type(err).__name__}: {err})") from None
+    if not trust_pickle:
+        pkg = load_tensors(path, "audiocraft state_dict.bin", hint="; if you trust the file, pass --trust-pickle")
+    else:
+        try:
+            pkg = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise ExportError(f"{path}: cannot read it ({type(err).__name__}: {err})") from None
     if not isinstance(pkg, dict) or "best_state" not in pkg or "xp.cfg" not in pkg:
         raise ExportError(f"{path}: no 'best_state' / 'xp.cfg' (not an exported audiocraft LM)")
     cfg = pkg["xp.cfg"]

@@ -154,6 +154,11 @@ def run_request(
 
     params = request.params
     params.check()
+    if request.prompt_audio:  # a bad prompt file is reported before any model is loaded
+        try:
+            read_audio(request.prompt_audio)
+        except AudioError as err:
+            raise GenerateError(str(err)) from None
     ft = load_finetune(
         request.model, request.adapter, request.init_seed, full_scale=request.full_scale if request.adapter else 1.0
     )

@@ -94,15 +94,15 @@ def _load_base(source: str, init_seed: int, what: str) -> Any:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a musiclit checkpoint (``.ckpt``) on the CPU, with a clear error when it is not one."""
-    import torch
+    from musiclit.io import UnsafeFileError, load_tensors
 
     path = Path(path)
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FineTuneError(f"{path}: checkpoint not found") from None
-    except Exception as err:
-        raise FineTuneError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
+        ckpt = load_tensors(path, "checkpoint")  # weights_only: a checkpoint from a stranger cannot run code
+    except UnsafeFileError:
+        raise
+    except MusiclitError as err:
+        raise FineTuneError(str(err)) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise FineTuneError(f"{path}: not a musiclit checkpoint (no state_dict / hyper_parameters)")
     return ckpt
@@ -193,8 +193,6 @@ def _no_grad() -> Iterator[None]:
 
 
 def _adapter_weights(folder: Path) -> dict[str, Any]:
-    import torch
-
     st = folder / "adapter_model.safetensors"
     if st.exists():
         from safetensors.torch import load_file
@@ -202,7 +200,9 @@ def _adapter_weights(folder: Path) -> dict[str, Any]:
         return load_file(str(st))
     binf = folder / "adapter_model.bin"
     if binf.exists():
-        return torch.load(str(binf), map_location="cpu", weights_only=True)
+        from musiclit.io import load_tensors
+
+        return load_tensors(binf, "adapter weights file")
     raise FineTuneError(f"{folder}: no adapter_model.safetensors (or adapter_model.bin) in the adapter folder")
 
 

@@ -24,7 +24,7 @@ from musiclit.data.audio import AudioError
 from musiclit.data.caption import Caption, CaptionError
 from musiclit.data.manifest import MANIFEST_NAME, ClipEntry, read_manifest, split_by_song, write_manifest
 from musiclit.errors import MusiclitError
-from musiclit.io import atomic_write_json
+from musiclit.io import atomic_write_json, atomic_write_text
 from musiclit.prep.captions import check_template, song_caption
 from musiclit.prep.config import PrepareConfig, QualityThresholds
 from musiclit.prep.scan import HashCache, Skip, SourceSong, scan_input, song_id_for
@@ -565,7 +565,7 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
         say(format_report(report))
     else:
         atomic_write_json(out / "report.json", report)
-        (out / "report.txt").write_text(format_report(report), encoding="utf-8")
+        atomic_write_text(out / "report.txt", format_report(report))
         shutil.rmtree(out / STATE_DIR / "tmp", ignore_errors=True)
     return report
 

@@ -135,6 +135,18 @@ def _sidecar(audio: Path) -> tuple[dict, str | None, str | None]:
     return {}, None, None
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` (named like audio) is not a file musiclit can read."""
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as err:
+            return f"a symbolic link that leads nowhere ({err.strerror or err})"
+    if path.is_dir():
+        return "a folder, not an audio file"
+    return "not a regular file (a pipe, socket or device: reading it could block)"
+
+
 def scan_input(
     root: Path, hash_cache: HashCache | None = None, descriptions_csv: Path | None = None
 ) -> tuple[list[SourceSong], list[Skip], list[str]]:
@@ -161,10 +173,21 @@ def scan_input(
     songs: list[SourceSong] = []
     skips: list[Skip] = []
     warnings: list[str] = []
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in root.rglob("*") if not p.name.startswith("."))
     for path in files:
         rel = path.relative_to(root).as_posix()
         ext = path.suffix.lower()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # held as surrogate escapes; the audio libraries cannot open it by name
+            if ext in DECODABLE_EXTENSIONS + UNSUPPORTED_AUDIO_EXTENSIONS:
+                shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                skips.append(Skip(shown, "bad_name", "the file name is not valid UTF-8: rename the file"))
+            continue
+        if not path.is_file():  # a broken link or link loop, a folder, a pipe or device named like audio
+            if ext in DECODABLE_EXTENSIONS + UNSUPPORTED_AUDIO_EXTENSIONS:
+                skips.append(Skip(rel, "not_a_file", _not_a_file(path)))
+            continue
         if ext in UNSUPPORTED_AUDIO_EXTENSIONS:
             skips.append(Skip(rel, "unsupported", f"{ext} files cannot be decoded (convert to flac, wav or mp3)"))
             continue

@@ -33,15 +33,16 @@ def load_demucs(name_or_path: str) -> Any:
     Raises:
         VocalsError: The model cannot be found or has no "vocals" source.
     """
-    import torch
 
     path = Path(name_or_path).expanduser()
     if path.is_file():
         try:
             from demucs.states import load_model
 
-            package = torch.load(str(path), map_location="cpu", weights_only=False)
+            package = _read_demucs_file(path)
             model = load_model(package) if isinstance(package, dict) else package
+        except VocalsError:
+            raise
         except Exception as err:
             raise VocalsError(f"{path}: cannot load a Demucs model from this file ({err})") from None
     else:
@@ -58,6 +59,53 @@ def load_demucs(name_or_path: str) -> Any:
         raise VocalsError(f"Demucs model '{name_or_path}' has no 'vocals' source (sources: {model.sources})")
     model.eval()
     return model
+
+
+def _demucs_classes() -> list[Any]:
+    """The model classes a Demucs package names (``klass``): the only objects a weights file may construct."""
+    from demucs.demucs import Demucs
+    from demucs.hdemucs import HDemucs
+    from demucs.htdemucs import HTDemucs
+
+    return [Demucs, HDemucs, HTDemucs]
+
+
+def _read_demucs_file(path: Path) -> Any:
+    """Read a local Demucs weights file without letting it run code where possible.
+
+    A Demucs package (``demucs.states.serialize_model``, the ``.th`` files of its model zoo) names its model
+    class; it is read with ``weights_only=True`` and only the Demucs model classes allowed. Anything else
+    (e.g. a whole pickled model) needs full unpickling, which can run code its author chose: that is done
+    only for a file that belongs to the user running musiclit and that no one else may write, with a warning.
+
+    Raises:
+        VocalsError: The file needs full unpickling and is not the user's own.
+    """
+    import os
+    import pickle
+    import sys
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_demucs_classes()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else "unsupported object"
+    info = path.stat()
+    own = info.st_uid == os.geteuid() and not info.st_mode & 0o022
+    if not own:
+        raise VocalsError(
+            f"{path}: refused to open this Demucs file: it holds objects other than a Demucs model and tensors "
+            f"({reason}), and it does not belong to you (or others may write it), so opening it could run code "
+            "someone else chose. Copy it to a file you own if you trust it."
+        )
+    print(
+        f"musiclit: warning: {path} holds arbitrary pickled objects ({reason}); it is opened only because it is "
+        "your own file: opening a file like this from someone else could run their code",
+        file=sys.stderr,
+    )
+    return torch.load(str(path), map_location="cpu", weights_only=False)
 
 
 def pick_device(device: str | None) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from musiclit.errors import MusiclitError
+
 
 def run_dir(trainer: L.Trainer) -> Path:
     """The run folder (``trainer.default_root_dir``)."""
@@ -58,6 +60,69 @@ class AdapterExport(Callback):
         """Optionally refresh the adapter with each checkpoint."""
         if self.every_checkpoint:
             self._export(trainer, pl_module)
+
+
+class NonFiniteError(MusiclitError, RuntimeError):
+    """Too many optimiser steps in a row had a non-finite (NaN/Inf) loss or gradient."""
+
+
+class NonFiniteGuard(Callback):
+    """Skip the update of a step whose loss or gradients are not finite; stop after too many in a row.
+
+    Checked just before the optimiser step (after backward, before gradient clipping): when any gradient of
+    a trainable weight is NaN or Inf (which a NaN/Inf loss always causes), every gradient is dropped, so the
+    optimiser leaves the weights and its moments as they were. The count of skipped steps is printed and
+    kept in checkpoints. Under 16-mixed precision the loss scaler also skips overflowing steps while it
+    calibrates its scale; those count here too, hence a default limit well above that calibration.
+
+    Args:
+        max_consecutive: Stop the run after this many skipped steps in a row (0: never stop).
+    """
+
+    def __init__(self, max_consecutive: int = 25) -> None:
+        self.max_consecutive = max_consecutive
+        self.skipped = 0
+        self.in_a_row = 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        """Drop the gradients of a non-finite step (the optimiser then updates nothing) and count it."""
+        import torch
+
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or all(bool(torch.isfinite(g).all()) for g in grads):
+            self.in_a_row = 0
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped += 1
+        self.in_a_row += 1
+        if trainer.is_global_zero:
+            print(
+                f"musiclit: step {trainer.global_step}: non-finite loss or gradient, update skipped "
+                f"({self.in_a_row} in a row, {self.skipped} in this run)",
+                flush=True,
+            )
+        if self.max_consecutive and self.in_a_row >= self.max_consecutive:
+            precision = str(trainer.precision)
+            hints = ["a lower learning rate (--model.lr)", "gradient clipping (--trainer.gradient_clip_val 1.0)"]
+            if precision.startswith("16"):
+                hints.insert(0, "--trainer.precision bf16-mixed instead of 16-mixed (fp16 overflows), or 32-true")
+            raise NonFiniteError(
+                f"stopped at step {trainer.global_step}: {self.in_a_row} steps in a row had a non-finite (NaN/Inf) "
+                f"loss or gradient (precision {precision}). Try {'; '.join(hints)}. The last checkpoint holds "
+                "the weights before these steps (resume with --ckpt_path last); "
+                "--nonfinite.max_consecutive sets this limit"
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        """The counts, kept in checkpoints."""
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the counts from a checkpoint."""
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.in_a_row = int(state_dict.get("in_a_row", 0))
 
 
 class SampleLogger(Callback):

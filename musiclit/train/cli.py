@@ -18,9 +18,11 @@ resumes from ``<run>/checkpoints/last.ckpt`` when it exists and starts fresh oth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,22 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from musiclit.data.datamodule import MusicDataModule
 from musiclit.errors import ConfigError
 from musiclit.io import quiet_libraries
-from musiclit.train.callbacks import AdapterExport, ResumableCheckpoint, SampleLogger, StopOnSignal
+from musiclit.train.callbacks import AdapterExport, NonFiniteGuard, ResumableCheckpoint, SampleLogger, StopOnSignal
 from musiclit.train.module import MusicGenModule
 
 DEFAULT_ROOT = "runs/default"
+# what a config or command line may name as a class_path (the module and everything under it); anything else
+# needs `fit --allow-import <module or class>` (a config that names e.g. subprocess.Popen would run a command)
+ALLOWED_IMPORTS = (
+    "musiclit",
+    "torch.optim",
+    "lightning.pytorch.callbacks",
+    "lightning.pytorch.loggers",
+    "lightning.pytorch.strategies",
+    "lightning.pytorch.plugins",
+    "lightning.pytorch.profilers",
+    "lightning.pytorch.accelerators",
+)
 # Defaults of the path variables, so that a config written for a pod (${MUSICLIT_DATA}/mystyle) also runs on
 # a laptop with nothing set: relative to the folder musiclit is started from, like the README's commands.
 PATH_VARIABLE_DEFAULTS = {"MUSICLIT_DATA": "data", "MUSICLIT_RUNS": "runs"}
@@ -182,6 +196,7 @@ class MusicLitCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterExport, "adapter")
         parser.add_lightning_class_args(SampleLogger, "samples")
         parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
     def before_instantiate_classes(self) -> None:
         """Expand variables, derive accumulation, default loggers and checkpoint folder inside the run folder,
@@ -201,6 +216,9 @@ class MusicLitCLI(LightningCLI):
                 print(f"musiclit: global batch {config.global_batch_size} = batch {config.data.batch_size} x "
                       f"{devices} device(s) x accumulate_grad_batches {accumulate}", file=sys.stderr)  # fmt: skip
             config.trainer.accumulate_grad_batches = accumulate
+        from musiclit.data.manifest import check_data_dir
+
+        check_data_dir(config.data.data_dir)  # a typo costs no model load
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if config.trainer.logger in (None, True):
             config.trainer.logger = [
@@ -233,26 +251,112 @@ class MusicLitCLI(LightningCLI):
         elif ckpt and not Path(ckpt).is_file():
             self.parser.error(f"--ckpt_path {ckpt}: file not found")
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's reading of the hyper-parameters of ``--ckpt_path``, with a clear error for a bad file.
 
-def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> MusicLitCLI:
-    """Build (and by default run) the CLI; ``args`` as on the command line, starting with the verb."""
+        Lightning 2.6 reads the file here with ``weights_only=True`` too, but a refused or broken file ends
+        in a traceback; this reads it through :func:`musiclit.io.load_tensors` (the file and the problem).
+        """
+        from musiclit.io import load_tensors
+
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if not path or not Path(path).is_file():
+            return
+        ckpt = load_tensors(path, "checkpoint")
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("hyper_parameters", {}), dict):
+            raise ConfigError(f"--ckpt_path {path}: not a musiclit checkpoint (no hyper_parameters dict)")
+        hparams = dict(ckpt.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"musiclit: {path}: the checkpoint's hyper-parameters do not parse\n")
+            raise
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The Trainer, with checkpoints written atomically and read back without unpickling code."""
+        from lightning.fabric.plugins.io import CheckpointIO
+
+        from musiclit.train.checkpointing import AtomicCheckpointIO
+
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+
+ALLOW = "--allow-import"
+
+
+def split_allow_imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(other arguments, allowed import paths)`` of ``--allow-import X`` / ``--allow-import=X``."""
+    rest: list[str] = []
+    allow: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == ALLOW:
+            value = next(it, None)
+            if value is None:
+                raise ConfigError(f"{ALLOW} needs a module or class path (e.g. {ALLOW} mypackage.MyCallback)")
+            allow.append(value)
+        elif arg.startswith(ALLOW + "="):
+            allow.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return rest, allow
+
+
+@contextlib.contextmanager
+def import_policy(allow: Sequence[str] = ()) -> Iterator[None]:
+    """Only :data:`ALLOWED_IMPORTS` (and ``allow``) may be named by a class_path in a config or argument.
+
+    The policy is jsonargparse's import-path allow-list (everything else denied), set while the CLI parses
+    and instantiates and restored afterwards.
+    """
+    from jsonargparse import _common
+
+    saved = (_common.parsing_settings["import_path_verdicts"], _common.parsing_settings["import_paths_enforced"])
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=[*ALLOWED_IMPORTS, *allow])
+    try:
+        yield
+    finally:
+        _common.parsing_settings["import_path_verdicts"], _common.parsing_settings["import_paths_enforced"] = saved
+
+
+def build_cli(
+    args: list[str] | None = None, run: bool = True, allow_imports: Sequence[str] = (), **kwargs: Any
+) -> MusicLitCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line, starting with the verb.
+
+    ``allow_imports``: modules or classes a class_path may name beyond :data:`ALLOWED_IMPORTS`.
+    """
     quiet_libraries()
-    return MusicLitCLI(
-        MusicGenModule,
-        MusicDataModule,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "yaml"},
-        **kwargs,
-    )
+    with import_policy(allow_imports):
+        return MusicLitCLI(
+            MusicGenModule,
+            MusicDataModule,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "yaml"},
+            **kwargs,
+        )
 
 
 def build_token_cache(args: list[str]) -> Any:
     """Encode the dataset that the ``fit`` options ``args`` describe into its token cache; returns the cache."""
     from musiclit.model.codec import CodecTokenizer
 
-    cli = build_cli(args, run=False)  # run=False: no subcommand, the options of `fit`
+    args, allow = split_allow_imports(args)
+    cli = build_cli(args, run=False, allow_imports=allow)  # run=False: no subcommand, the options of `fit`
     dm = cli.datamodule
     dm.attach_tokenizer(CodecTokenizer.from_module(cli.model))
     dm.token_cache = True
