@@ -208,16 +208,18 @@ def load_tensors(path: str | os.PathLike[str], what: str = "file", hint: str = "
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise MusiclitError(f"{path}: {what} not found") from None
+        raise MusiclitError(f"{path}: no such {what}") from None
     except pickle.UnpicklingError as err:
         lines = str(err).strip().splitlines() or [""]
-        detail = next((line.strip() for line in lines if "GLOBAL" in line), lines[0])
+        detail = next((line.strip() for line in lines if "GLOBAL" in line.upper()), None)
+        if detail is None:  # not a forbidden object: the bytes are simply not a torch file
+            raise MusiclitError(f"{path}: cannot read the {what} (not a torch file, or a damaged one)") from None
         raise UnsafeFileError(
             f"{path}: refused to open this {what}: it holds objects other than tensors and plain values, and "
             f"opening it could run code its author chose ({detail[:200]}){hint}"
         ) from None
     except Exception as err:
-        raise MusiclitError(f"{path}: cannot read this {what} ({type(err).__name__}: {str(err)[:300]})") from None
+        raise MusiclitError(f"{path}: cannot read the {what} ({type(err).__name__}: {str(err)[:300]})") from None
 
 
 def quiet_libraries() -> None:

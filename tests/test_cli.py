@@ -120,5 +120,6 @@ def test_user_errors_are_one_clear_line_not_a_traceback(tmp_path, tiny_model_dir
     assert out.returncode == 2
     assert f"musiclit fit: error: {tmp_path / 'missing'}: dataset folder not found" in out.stderr
     assert "Traceback" not in out.stderr
+    (tmp_path / "song.wav").write_bytes(b"")  # a data folder that passes the check made before any model load
     out = _run("fit", "--model.pretrained", str(tmp_path / "no-model"), "--data.data_dir", str(tmp_path))
     assert out.returncode == 2 and "no-model: no such model folder or config file" in out.stderr

@@ -216,9 +216,6 @@ class MusicLitCLI(LightningCLI):
                 print(f"musiclit: global batch {config.global_batch_size} = batch {config.data.batch_size} x "
                       f"{devices} device(s) x accumulate_grad_batches {accumulate}", file=sys.stderr)  # fmt: skip
             config.trainer.accumulate_grad_batches = accumulate
-        from musiclit.data.manifest import check_data_dir
-
-        check_data_dir(config.data.data_dir)  # a typo costs no model load
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if config.trainer.logger in (None, True):
             config.trainer.logger = [
@@ -250,6 +247,9 @@ class MusicLitCLI(LightningCLI):
             config.ckpt_path = str(last)
         elif ckpt and not Path(ckpt).is_file():
             self.parser.error(f"--ckpt_path {ckpt}: file not found")
+        from musiclit.data.manifest import check_data_dir
+
+        check_data_dir(config.data.data_dir)  # a typo costs no model load
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's reading of the hyper-parameters of ``--ckpt_path``, with a clear error for a bad file.
