@@ -52,7 +52,9 @@ def test_variables_expand_with_defaults_and_only_musiclit_names():
         expand_variables("${WANDB_API_KEY}", "trainer.logger", env)
 
 
-def test_the_same_config_resolves_to_the_pods_volume_and_to_a_laptop_folder(tmp_path, tiny_model_dir, monkeypatch):
+def test_the_same_config_resolves_to_the_pods_volume_and_to_a_laptop_folder(
+    tmp_path, tiny_model_dir, tiny_dataset, monkeypatch
+):
     """One YAML with ${MUSICLIT_DATA}/${MUSICLIT_RUNS}: the paths follow the environment, the rest is equal."""
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
@@ -62,6 +64,8 @@ def test_the_same_config_resolves_to_the_pods_volume_and_to_a_laptop_folder(tmp_
     }))  # fmt: skip
     resolved = {}
     for machine in ("laptop", "pod"):
+        (tmp_path / machine / "data").mkdir(parents=True)
+        (tmp_path / machine / "data" / "mystyle").symlink_to(tiny_dataset)  # a real dataset: fit checks it
         monkeypatch.setenv("MUSICLIT_DATA", str(tmp_path / machine / "data"))
         monkeypatch.setenv("MUSICLIT_RUNS", str(tmp_path / machine / "runs"))
         cli = build_cli(["--config", str(config)], run=False)
@@ -109,8 +113,10 @@ def test_device_count_reads_every_form_of_trainer_devices():
 
 
 @pytest.mark.parametrize(("batch", "devices", "accumulate"), [(1, 1, 8), (4, 1, 2), (2, 2, 2)])
-def test_global_batch_size_sets_the_trainers_accumulation(tmp_path, tiny_model_dir, batch, devices, accumulate):
-    args = fit_args(tiny_model_dir, tmp_path, tmp_path / "run", "--global_batch_size", "8",
+def test_global_batch_size_sets_the_trainers_accumulation(
+    tmp_path, tiny_model_dir, tiny_dataset, batch, devices, accumulate
+):
+    args = fit_args(tiny_model_dir, tiny_dataset, tmp_path / "run", "--global_batch_size", "8",
                     "--data.batch_size", str(batch), "--trainer.devices", str(devices),
                     "--trainer.accumulate_grad_batches", "3")[1:]  # fmt: skip
     if devices > 1:
@@ -222,7 +228,7 @@ def test_samples_are_skipped_on_a_sharded_model(capsys):
     assert "skipped under FSDP" in capsys.readouterr().out
 
 
-def test_the_docs_layering_resolves_to_the_local_schedule(tmp_path, tiny_model_dir):
+def test_the_docs_layering_resolves_to_the_local_schedule(tmp_path, tiny_model_dir, tiny_dataset):
     """base + medium LoRA + the A40 overlay (docs/cloud.md) builds a trainer with batch 4 x accumulation 2 = 8."""
     from pathlib import Path
 
@@ -232,7 +238,7 @@ def test_the_docs_layering_resolves_to_the_local_schedule(tmp_path, tiny_model_d
         assert (root / path).is_file(), f"{path} is named in the docs but does not exist"
     configs = [str(root / "configs" / name) for name in ("base.yaml", "musicgen-medium-lora.yaml", "cloud/a40.yaml")]
     args = [x for c in configs for x in ("--config", c)]
-    args += ["--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(tmp_path),
+    args += ["--model.pretrained", str(tiny_model_dir), "--data.data_dir", str(tiny_dataset),
              "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
     cli = build_cli(args, run=False)
     assert cli.datamodule.batch_size == 4 and cli.trainer.accumulate_grad_batches == 2
