@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from musiclit.train.cost import GPUS, Arch, epoch_work, run_cost, sequence_flops
@@ -77,7 +79,9 @@ def _dataset(root: Path, clips: dict[str, tuple[float, str]]) -> Path:
     (root / "clips").mkdir(parents=True)
     lines = []
     for name, (seconds, split) in clips.items():
-        (root / "clips" / f"{name}.wav").write_bytes(b"")  # durations come from the manifest
+        # a short real WAV (the dataset check reads it); the durations come from the manifest
+        sf.write(root / "clips" / f"{name}.wav", np.zeros(3200, dtype=np.float32), 32000)
+        (root / "clips" / f"{name}.json").write_text(json.dumps({"description": f"song {name}"}))
         lines.append(json.dumps({"path": f"clips/{name}.wav", "duration": seconds, "sample_rate": 32000,
                                  "channels": 1, "song_id": name, "split": split}))  # fmt: skip
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
