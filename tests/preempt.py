@@ -1,4 +1,4 @@
-"""A callback for the preemption test, loaded by ``fit`` in a subprocess (``--trainer.callbacks+=preempt.StepLog``)."""
+"""A callback for the preemption test, loaded by ``fit`` in a subprocess from a config (``--allow-import preempt``)."""
 
 from __future__ import annotations
 

@@ -163,7 +163,8 @@ def _subprocess_fit(model_dir, data, root, recorder_path, pause_at, *extra):
         f"      init_args: {{path: '{recorder_path}', pause_at_step: {pause_at}}}\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    args = [sys.executable, "-m", "musiclit", *fit_args(model_dir, data, root, *extra, "--config", str(config))]
+    args = [sys.executable, "-m", "musiclit", *fit_args(model_dir, data, root, *extra, "--config", str(config)),
+            "--allow-import", "tiny_run"]  # fmt: skip
     log = open(f"{recorder_path}.log", "w")  # noqa: SIM115 - closed by the caller after wait()
     # its own session: a signal to its process group reaches the loader workers too, like Ctrl-C in a terminal
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
