@@ -6,6 +6,7 @@ import argparse
 
 from musiclit.infer.sampler import GenerateError, GenerationParams
 from musiclit.infer.samples import SampleRequest, read_prompts, request_from_json, run_request, write_samples
+from musiclit.model.mix import pair_strengths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="base or merged model: hub id, model folder or config .json "
         "(default: the base the adapter/checkpoint names)",
     )
-    src.add_argument("--adapter", help="peft adapter folder (run/adapter) or musiclit checkpoint (.ckpt)")
+    src.add_argument(
+        "--adapter",
+        action="append",
+        help="peft adapter folder (run/adapter) or musiclit checkpoint (.ckpt); repeat to mix several fine-tunes "
+        "of the same base, each at its own --adapter-scale",
+    )
     src.add_argument(
         "--adapter-scale",
         type=float,
-        default=d.adapter_scale,
-        help="adapter strength: 0 = base model, 1 = the fine-tune as trained",
+        action="append",
+        help=f"adapter strength: 0 = base model, 1 = the fine-tune as trained (default {d.adapter_scale}); with "
+        "several --adapter, one per adapter in the same order: the result is the base plus each adapter's weight "
+        "change times its strength",
     )
     src.add_argument("--init-seed", type=int, default=None, help="random-init seed of a config-file base")
     src.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -81,6 +89,7 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
     if args.num_samples < 1:
         raise GenerateError(f"--num-samples must be >= 1, got {args.num_samples}")
     prompts = [p for p in prompts for _ in range(args.num_samples)]
+    adapters, scales = pair_strengths(args.adapter, args.adapter_scale)
     params = GenerationParams(
         seconds=args.seconds,
         guidance_scale=args.guidance_scale,
@@ -88,7 +97,7 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
         top_p=args.top_p,
         temperature=args.temperature,
         seed=args.seed,
-        adapter_scale=args.adapter_scale,
+        adapter_scale=scales[0] if len(adapters) <= 1 else 1.0,
         window_seconds=args.window,
         context_seconds=args.context,
         include_prompt=not args.no_include_prompt,
@@ -98,10 +107,11 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
         seeds=[args.seed + i for i in range(len(prompts))],
         params=params,
         model=args.model,
-        adapter=args.adapter,
+        adapter=adapters[0] if len(adapters) == 1 else None,
         init_seed=args.init_seed,
         prompt_audio=args.prompt_audio,
-        full_scale=args.adapter_scale,
+        full_scale=scales[0] if len(adapters) == 1 else 1.0,
+        mix=list(zip(adapters, scales, strict=True)) if len(adapters) > 1 else [],
     )
 
 

@@ -41,14 +41,36 @@ def _marker(folder: Path, **info: Any) -> None:
 
 
 def _merged_model(ft: Any) -> Any:
-    """The plain transformers model with LoRA merged in (full/plain models as they are)."""
+    """The plain transformers model with LoRA merged in (full/plain models and mixes as they are)."""
     if ft.kind == "lora":
         return ft.model.merge_and_unload(safe_merge=True)
     return ft.model
 
 
+def _sources(ft: Any) -> Any:
+    """What the export came from: the adapter/checkpoint, or each mixed one with its strength."""
+    if ft.kind == "mix":
+        return [{"path": p, "scale": s} for p, s in zip(ft.extra["sources"], ft.extra["scales"], strict=True)]
+    return ft.adapter_source
+
+
 def export_peft(ft: Any, out: str | Path, force: bool = False) -> Path:
-    """Write ``ft``'s LoRA adapter in peft's layout (safetensors)."""
+    """Write ``ft``'s LoRA adapter in peft's layout (safetensors); a plain-LoRA mix as one stacked adapter."""
+    if ft.kind == "mix":
+        from safetensors.torch import save_file
+
+        from musiclit.model.finetune import FineTuneError
+        from musiclit.model.mix import cat_adapter
+
+        try:
+            config, weights = cat_adapter(ft)
+        except FineTuneError as err:
+            raise ExportError(str(err)) from None
+        with atomic_folder(out, force) as tmp:
+            config.save_pretrained(str(tmp))
+            save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            _marker(tmp, format="peft", source=_sources(ft), base=ft.base_source, init_seed=ft.init_seed)
+        return Path(out)
     if ft.kind != "lora":
         raise ExportError(
             f"{ft.adapter_source or ft.base_source}: a {'full fine-tune' if ft.kind == 'full' else 'model'} "
@@ -71,7 +93,7 @@ def export_merged(ft: Any, out: str | Path, force: bool = False) -> Path:
     model = _merged_model(ft).float()
     with atomic_folder(out, force) as tmp:
         save_model_folder(model, ft.loaded.tokenizer, tmp)
-        _marker(tmp, format="merged", source=ft.adapter_source, base=ft.base_source, init_seed=ft.init_seed)
+        _marker(tmp, format="merged", source=_sources(ft), base=ft.base_source, init_seed=ft.init_seed)
     return Path(out)
 
 
@@ -108,7 +130,7 @@ def export_audiocraft(ft: Any, out: str | Path, force: bool = False, segment_dur
     with atomic_folder(out, force) as tmp:
         torch.save(pkg, tmp / "state_dict.bin")
         torch.save(codec, tmp / "compression_state_dict.bin")
-        _marker(tmp, format="audiocraft", source=ft.adapter_source, base=ft.base_source, init_seed=ft.init_seed)
+        _marker(tmp, format="audiocraft", source=_sources(ft), base=ft.base_source, init_seed=ft.init_seed)
     return Path(out)
 
 
@@ -219,15 +241,20 @@ def import_audiocraft(
 
 
 def export(
-    source: str,
+    source: str | None,
     fmt: str,
     out: str | Path,
     model: str | None = None,
     force: bool = False,
     init_seed: int | None = None,
     segment_duration: float = 30.0,
+    mix: list[tuple[str, float]] | None = None,
 ) -> Path:
-    """Export a checkpoint/adapter (or a model folder, for merged/audiocraft) to ``fmt``; see the module doc."""
+    """Export a checkpoint/adapter (or a model folder, for merged/audiocraft) to ``fmt``; see the module doc.
+
+    ``mix`` (``[(adapter, strength), ...]``, with ``source`` None) exports several fine-tunes of one base mixed
+    at their strengths (:func:`musiclit.model.mix.load_mix`).
+    """
     from musiclit.model.finetune import load_finetune
 
     if fmt not in FORMATS:
@@ -235,6 +262,13 @@ def export(
     out = Path(out)
     if out.exists() and not force:  # fail before loading anything
         raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
+    if mix:
+        from musiclit.model.mix import load_mix
+
+        ft = load_mix([m[0] for m in mix], [m[1] for m in mix], model, init_seed)
+        return _write(ft, fmt, out, force, segment_duration)
+    if source is None:
+        raise ExportError("give the checkpoint or adapter to export (or several --adapter to mix)")
     path = Path(source).expanduser()
     is_model_folder = path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").exists()
     if is_model_folder:
@@ -243,6 +277,10 @@ def export(
         if not path.exists():
             raise ExportError(f"{path}: no such checkpoint file or adapter folder")
         ft = load_finetune(model=model, adapter=str(path), init_seed=init_seed)
+    return _write(ft, fmt, out, force, segment_duration)
+
+
+def _write(ft: Any, fmt: str, out: Path, force: bool, segment_duration: float) -> Path:
     if fmt == "peft":
         return export_peft(ft, out, force)
     if fmt == "merged":

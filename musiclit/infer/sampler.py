@@ -188,16 +188,20 @@ class Generator:
     # ------------------------------------------------------------------ adapter strength
     @contextlib.contextmanager
     def adapter_strength(self, scale: float) -> Iterator[None]:
-        """Scale every LoRA update by ``scale`` inside the block (0: the base model exactly)."""
+        """Scale every adapter's weight change by ``scale`` inside the block (0: the base model exactly).
+
+        Plain LoRA: its ``scaling`` is multiplied (the change ``scaling * B @ A`` is linear in it). DoRA: the
+        change is ``m / ||W + scaling * B @ A|| * (W + scaling * B @ A) - W`` (scaling sits inside a norm), so the
+        DoRA branch's output, which is exactly that change applied to the input, is multiplied instead.
+        """
         from peft.tuners.lora import LoraLayer
 
         if self.finetune.kind != "lora":
             if scale != self.finetune.full_scale:
-                what = (
-                    "a full fine-tune: give its strength when loading (load_generator(..., adapter_scale=s))"
-                    if self.finetune.kind == "full"
-                    else "no adapter (a base or merged model)"
-                )
+                what = {
+                    "full": "a full fine-tune: give its strength when loading (load_generator(..., adapter_scale=s))",
+                    "mix": "a mix of adapters: each one's strength was given when loading (--adapter-scale)",
+                }.get(self.finetune.kind, "no adapter (a base or merged model)")
                 raise GenerateError(f"adapter strength {scale} needs a LoRA adapter; this is {what}")
             yield
             return
@@ -205,15 +209,25 @@ class Generator:
             with self.model.disable_adapter():
                 yield
             return
-        saved = []
+        saved, hooks = [], []
+
+        def scaled(module: Any, args: Any, output: Any) -> Any:
+            return output * scale
+
         for module in self.base.modules():
             if isinstance(module, LoraLayer):
+                dora = getattr(module, "lora_magnitude_vector", None) or {}
+                if scale != 1.0:
+                    hooks.extend(dora[name].register_forward_hook(scaled) for name in dora)
                 saved.append((module, dict(module.scaling)))
                 for name in module.scaling:
-                    module.scaling[name] = module.scaling[name] * scale
+                    if name not in dora:
+                        module.scaling[name] = module.scaling[name] * scale
         try:
             yield
         finally:
+            for hook in hooks:
+                hook.remove()
             for module, scaling in saved:
                 module.scaling.clear()
                 module.scaling.update(scaling)
@@ -436,15 +450,26 @@ class Generator:
 
 def load_generator(
     model: str | None = None,
-    adapter: str | None = None,
+    adapter: str | Sequence[str] | None = None,
     device: str = "auto",
     dtype: str = "auto",
     init_seed: int | None = None,
-    adapter_scale: float = 1.0,
+    adapter_scale: float | Sequence[float] = 1.0,
 ) -> Generator:
     """Load a model (+ adapter) for generation; see :func:`load_finetune` and :class:`Generator`.
 
-    ``adapter_scale`` matters here only for a full fine-tune checkpoint (weights interpolated at load);
-    LoRA strength is a per-call parameter (``GenerationParams.adapter_scale``).
+    ``adapter_scale`` matters here only for a full fine-tune checkpoint (weights interpolated at load) and for
+    several adapters (a list of adapters and one strength each: :func:`musiclit.model.mix.load_mix`); the
+    strength of a single LoRA adapter is a per-call parameter (``GenerationParams.adapter_scale``).
     """
+    if adapter is not None and not isinstance(adapter, str):
+        adapters = list(adapter)
+        scales = [adapter_scale] * len(adapters) if isinstance(adapter_scale, (int, float)) else list(adapter_scale)
+        if len(adapters) > 1:
+            from musiclit.model.mix import load_mix
+
+            return Generator(load_mix(adapters, scales, model, init_seed), device, dtype)
+        adapter, adapter_scale = (adapters[0] if adapters else None), (scales[0] if scales else 1.0)
+    if not isinstance(adapter_scale, (int, float)):
+        raise GenerateError("one adapter takes one strength")
     return Generator(load_finetune(model, adapter, init_seed, full_scale=adapter_scale), device, dtype)

@@ -30,6 +30,8 @@ class SampleRequest:
         init_seed: Random-init seed of a config-file base (None: the checkpoint's, else 0).
         prompt_audio: An audio file to continue from, or None.
         full_scale: For a full fine-tune checkpoint: weights interpolated at load (0 = base, 1 = tuned).
+        mix: Several adapters/checkpoints mixed at load, ``[(source, strength), ...]`` (then ``adapter`` is
+            None): the base plus each one's weight change times its strength.
     """
 
     prompts: list[str]
@@ -40,6 +42,7 @@ class SampleRequest:
     init_seed: int | None = None
     prompt_audio: str | None = None
     full_scale: float = 1.0
+    mix: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -101,6 +104,10 @@ def write_samples(
             "model": ft.base_source,
             "adapter": ft.adapter_source,
             "adapter_kind": ft.kind,
+            "adapters": [
+                {"path": src, "scale": sc}
+                for src, sc in zip(ft.extra.get("sources", []), ft.extra.get("scales", []), strict=True)
+            ],
             "init_seed": ft.init_seed,
             "prompt_audio": audio_info,
             "files": files,
@@ -142,6 +149,7 @@ def request_from_json(path: str | Path) -> SampleRequest:
         init_seed=meta.get("init_seed"),
         prompt_audio=prompt_audio,
         full_scale=params.adapter_scale if meta.get("adapter_kind") == "full" else 1.0,
+        mix=[(str(a["path"]), float(a["scale"])) for a in meta.get("adapters") or []],
     )
 
 
@@ -154,11 +162,16 @@ def run_request(
 
     params = request.params
     params.check()
-    ft = load_finetune(
-        request.model, request.adapter, request.init_seed, full_scale=request.full_scale if request.adapter else 1.0
-    )
+    if request.mix:
+        from musiclit.model.mix import load_mix
+
+        ft = load_mix([m[0] for m in request.mix], [m[1] for m in request.mix], request.model, request.init_seed)
+    else:
+        ft = load_finetune(
+            request.model, request.adapter, request.init_seed, full_scale=request.full_scale if request.adapter else 1.0
+        )
     gen = Generator(ft, device, dtype)
-    if ft.kind == "full":
+    if ft.kind in ("full", "mix"):
         params.adapter_scale = ft.full_scale
     wav = None
     if request.prompt_audio:

@@ -33,6 +33,12 @@ class LoraSettings:
         lm_heads: Also adapt the output heads.
         init_lora_weights: peft's init (True: B = 0 so training starts at the base model; False: random,
             used by tests to prove merge equivalence).
+        use_dora: DoRA (weight-decomposed LoRA): each adapted weight also learns a magnitude per output
+            feature (one vector of out_features values per layer, saved with the adapter). The update is no
+            longer linear in the adapter weights; merging and mixing use the effective weight.
+        use_rslora: rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r (keeps the
+            update's size stable when r grows).
+        extra: Other ``peft.LoraConfig`` arguments, passed as they are.
     """
 
     r: int = 8
@@ -41,6 +47,8 @@ class LoraSettings:
     target_modules: str | list[str] = "qv"
     lm_heads: bool = False
     init_lora_weights: bool = True
+    use_dora: bool = False
+    use_rslora: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def leaves(self) -> tuple[str, ...]:
@@ -89,6 +97,8 @@ def apply_lora(model: Any, settings: LoraSettings) -> Any:
         lora_dropout=settings.dropout,
         target_modules=regex,
         init_lora_weights=settings.init_lora_weights,
+        use_dora=settings.use_dora,
+        use_rslora=settings.use_rslora,
         **settings.extra,
     )
     return get_peft_model(model, config)
