@@ -55,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     what.add_argument("--prompt-audio", help="an audio file to continue from (its last seconds, up to a window)")
     what.add_argument("--no-include-prompt", action="store_true", help="leave the audio prompt out of the output")
+    what.add_argument(
+        "--melody",
+        help="MusicGen-melody models: an audio file whose melody conditions the music (its chromagram, one pitch "
+        "class per 128 ms); longer music follows the melody on, and a shorter melody repeats",
+    )
+    what.add_argument(
+        "--melody-separator",
+        default="htdemucs",
+        help="Demucs model (pretrained name or local weights file) that removes drums and bass from the --melody "
+        "audio first, as in training; 'none' uses the file as it is",
+    )
     what.add_argument("--from-json", help="regenerate the sample described by a JSON this command wrote")
     samp = p.add_argument_group("sampling")
     samp.add_argument("--seconds", type=float, default=d.seconds, help="length of the new audio")
@@ -83,8 +94,8 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
         return request_from_json(args.from_json)
     prompts = read_prompts(args.prompt, args.prompts_file)
     if not prompts:
-        if not args.prompt_audio:
-            raise GenerateError("give --prompt TEXT, --prompts-file FILE or --prompt-audio FILE")
+        if not args.prompt_audio and not args.melody:
+            raise GenerateError("give --prompt TEXT, --prompts-file FILE, --prompt-audio FILE or --melody FILE")
         prompts = [""]
     if args.num_samples < 1:
         raise GenerateError(f"--num-samples must be >= 1, got {args.num_samples}")
@@ -112,6 +123,8 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
         prompt_audio=args.prompt_audio,
         full_scale=scales[0] if len(adapters) == 1 else 1.0,
         mix=list(zip(adapters, scales, strict=True)) if len(adapters) > 1 else [],
+        melody=args.melody,
+        melody_separator=None if not args.melody or args.melody_separator.lower() == "none" else args.melody_separator,
     )
 
 
@@ -124,10 +137,16 @@ def main(argv: list[str]) -> int:
     formats = ["wav", "flac"] if args.format == "both" else [args.format]
     request = request_from_args(args)
     request.params.check()
-    gen, result, elapsed = run_request(request, args.device, args.dtype, args.batch_size)
+    separator = None
+    if request.melody and request.melody_separator:
+        from musiclit.prep.vocals import load_demucs
+
+        separator = load_demucs(request.melody_separator)
+    gen, result, elapsed = run_request(request, args.device, args.dtype, args.batch_size, separator)
     paths = write_samples(
-        gen, result, request.prompts, request.params, args.out, formats, prompt_audio=request.prompt_audio
-    )
+        gen, result, request.prompts, request.params, args.out, formats, prompt_audio=request.prompt_audio,
+        melody=request.melody, melody_separator=request.melody_separator,
+    )  # fmt: skip
     seconds = result.audio.shape[-1] / result.sample_rate
     n = len(request.prompts)
     print(

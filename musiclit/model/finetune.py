@@ -134,7 +134,7 @@ def _trainable_like(key: str, state: dict[str, Any]) -> bool:
     """Keys of the same kind as the ones in ``state`` (LoRA weights if it holds LoRA weights)."""
     if any(".lora_" in k for k in state):
         return ".lora_A." in key or ".lora_B." in key or ".lora_magnitude_vector." in key
-    return key.startswith(("decoder.", "enc_to_dec_proj."))
+    return key.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))
 
 
 def _load_checkpoint(path: Path, model_override: str | None, init_seed: int | None, scale: float) -> FineTune:

@@ -105,10 +105,14 @@ def apply_lora(model: Any, settings: LoraSettings) -> Any:
 
 
 def freeze_for_full_finetune(model: Any) -> None:
-    """Freeze T5 and EnCodec; train the decoder and the text projection."""
+    """Freeze T5 and EnCodec; train the decoder and the text (and melody models' chroma) projections."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for module in (model.decoder, getattr(model, "enc_to_dec_proj", None)):
+    for module in (
+        model.decoder,
+        getattr(model, "enc_to_dec_proj", None),
+        getattr(model, "audio_enc_to_dec_proj", None),
+    ):
         if module is not None:
             for p in module.parameters():
                 p.requires_grad_(True)

@@ -1,0 +1,439 @@
+"""MusicGen-melody: its chroma (against synthesized pitch classes and the feature extractor's documented steps),
+the training loss (against transformers' forward), melody dropout, the chroma cache, generation with a melody
+(against transformers' generate), windows past 30 s, and the whole path: train -> resume -> generate -> export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from tiny_run import tiny_fit
+
+from musiclit.__main__ import main as cli_main
+from musiclit.model import melody as M
+
+SR = 32000
+
+
+def midi_hz(m: float) -> float:
+    return 440.0 * 2 ** ((m - 69) / 12)
+
+
+def notes(midis: list[int], seconds: float, harmonics: int = 3, sr: int = SR) -> np.ndarray:
+    """One note after another (each ``seconds`` long, with overtones): a melody whose pitch classes are known."""
+    t = np.arange(int(seconds * sr)) / sr
+    parts = [sum(np.sin(2 * np.pi * midi_hz(m) * h * t) / h for h in range(1, harmonics + 1)) for m in midis]
+    return (0.3 * np.concatenate(parts)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ the chroma
+
+
+def test_a_melody_of_known_notes_gives_its_pitch_classes() -> None:
+    """C4 E4 G4 B4 F#3 A#5 D5 (1 s each): every frame whose 0.5 s window lies inside one note has its class."""
+    melody = [60, 64, 67, 71, 54, 82, 74]
+    classes = M.pitch_classes(notes(melody, 1.0))
+    assert classes.dtype == np.int16 and classes.shape == (1 + 7 * SR // M.HOP,)
+    checked = 0
+    for i, c in enumerate(classes):
+        t = i * M.HOP / SR
+        lo, hi = t - M.N_FFT / SR / 2, t + M.N_FFT / SR / 2
+        if int(lo) == int(hi - 1e-9) and lo >= 0 and hi <= 7:
+            assert c == melody[int(lo)] % 12, (i, t)
+            checked += 1
+    assert checked >= 25  # about 3.8 frames per 1 s note lie wholly inside it
+    # silence: class 0 (what "no melody" is), and a chord's loudest note wins
+    assert (M.pitch_classes(np.zeros(SR, dtype=np.float32)) == 0).all()
+    chord = notes([62], 2.0) + 0.4 * notes([66], 2.0) + 0.4 * notes([69], 2.0)  # D major, D loudest
+    assert (M.pitch_classes(chord)[3:-3] == 2).all()
+
+
+def _extractor_steps(audio: np.ndarray) -> np.ndarray:
+    """MusicgenMelodyFeatureExtractor's documented computation, written with transformers' numpy audio utilities
+    (not musiclit's torch code): |STFT|^2 with a periodic Hann window of 16384, hop 4096, centred reflect-padded
+    frames, divided by the window's energy (torchaudio's normalized=True); transformers' chroma filter bank;
+    inf-norm per frame; argmax."""
+    from transformers.audio_utils import chroma_filter_bank, spectrogram, window_function
+
+    n_fft, hop = 16384, 4096
+    if len(audio) < n_fft:
+        pad = n_fft - len(audio)
+        audio = np.pad(audio, (pad // 2, pad // 2 + pad % 2))
+    window = window_function(n_fft, "hann", periodic=True)
+    power = spectrogram(audio.astype(np.float64), window, n_fft, hop, power=2.0, center=True, pad_mode="reflect",
+                        dtype=np.float64) / np.sum(window**2)  # fmt: skip
+    filters = chroma_filter_bank(num_frequency_bins=n_fft, num_chroma=12, sampling_rate=SR, tuning=0)
+    raw = filters @ power  # (12, frames)
+    norm = raw / np.maximum(np.abs(raw).max(0, keepdims=True), 1e-6)
+    return norm.argmax(0)
+
+
+def test_pitch_classes_match_the_feature_extractor() -> None:
+    """On noise-laden music-like audio (random notes, chords, noise, a short clip): every frame agrees with the
+    extractor's steps. Where torchaudio is installed, against MusicgenMelodyFeatureExtractor itself too."""
+    rng = np.random.default_rng(0)
+    noisy = 0.05 * rng.standard_normal(SR * 2).astype(np.float32) + notes([50, 55], 1.0)
+    chord = notes([57], 3.0) + notes([61], 3.0) + notes([64], 3.0)
+    pieces = [notes(list(rng.integers(40, 90, 6)), 0.7), chord, noisy, notes([72], 0.2)]
+    for audio in pieces:
+        ours = M.pitch_classes(audio)
+        ref = _extractor_steps(audio)
+        assert ours.shape == ref.shape
+        assert (ours == ref).mean() == 1.0
+    try:
+        from transformers import MusicgenMelodyFeatureExtractor
+
+        extractor = MusicgenMelodyFeatureExtractor()
+    except (ImportError, OSError):
+        return  # torchaudio is deliberately not installed here: the extractor cannot be built
+    for audio in pieces:
+        feats = extractor(audio, sampling_rate=SR, return_tensors="pt", padding=False)["input_features"][0]
+        np.testing.assert_array_equal(M.pitch_classes(audio)[: feats.shape[0]], feats.argmax(-1).numpy())
+
+
+def test_the_feature_extractor_needs_torchaudio_here() -> None:
+    """Why the comparison above uses the extractor's steps: the extractor itself cannot run in this stack."""
+    pytest.importorskip("transformers")
+    try:
+        import torchaudio  # noqa: F401
+    except ImportError:
+        from transformers import MusicgenMelodyFeatureExtractor
+
+        with pytest.raises((ImportError, OSError, NameError, AttributeError)):
+            MusicgenMelodyFeatureExtractor()
+    else:
+        pytest.skip("torchaudio is installed: the extractor is compared directly")
+
+
+def test_melody_windows_repeat_and_null_is_class_zero() -> None:
+    classes = np.array([3, 5, 7], dtype=np.int16)
+    np.testing.assert_array_equal(M.window(classes, 2, 7), [7, 3, 5, 7, 3, 5, 7])
+    assert M.frames_for(30.0) == 235 and M.frames_for(2.0) == 1 + 64000 // 4096
+    one = M.onehot(torch.tensor([[0, 11]]))
+    assert one.shape == (1, 2, 12) and one[0, 1, 11] == 1 and one.sum() == 2
+    assert (M.null_classes(2, 5) == 0).all()
+
+
+def test_melody_stems_sum_everything_but_drums_and_bass(tmp_path: Path) -> None:
+    from demucs.apply import apply_model
+
+    model = tiny_demucs()
+    wav = np.random.default_rng(1).standard_normal((2, 44100 * 2)).astype(np.float32) * 0.1
+    got = M.melody_stems(model, wav)
+    np.testing.assert_array_equal(got, M.melody_stems(model, wav))  # no random shift: the same every time
+    with torch.no_grad():
+        stems = apply_model(model, torch.from_numpy(wav)[None], shifts=0, split=True, overlap=0.25)[0]
+    keep = [model.sources.index("other"), model.sources.index("vocals")]
+    np.testing.assert_allclose(got, stems[keep].sum(0).numpy(), atol=1e-5)
+    chroma = M.MelodyChroma(model, resample=__import__("musiclit.data.audio", fromlist=["x"]).resample)
+    assert chroma.sample_rate == 44100 and chroma.channels == 2 and chroma.id.startswith("melody-")
+    assert chroma.id != M.MelodyChroma(None).id  # the separator is part of the cache identity
+    assert chroma.encode(wav).shape == (1, 1 + 64000 // 4096)
+
+
+def tiny_demucs():
+    """A tiny random HTDemucs (as tests/test_prep_units.py builds it): 4 sources at 44.1 kHz, stereo."""
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(0)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=4, t_layers=1, segment=2)
+    return model.eval()
+
+
+# ------------------------------------------------------------------ the model and its loss
+
+
+@pytest.fixture(scope="module")
+def melody_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MusicGen-melody (text width 24 != decoder width 32: both projections exist)."""
+    from musiclit.model.musicgen import create_tiny_model_folder
+
+    return create_tiny_model_folder(tmp_path_factory.mktemp("tiny-melody"), seed=0, melody=True, text_dim=24)
+
+
+@pytest.fixture(scope="module")
+def module(melody_dir: Path):
+    from musiclit.model.lora import LoraSettings
+    from musiclit.train.module import MusicGenModule
+
+    return MusicGenModule(str(melody_dir), lora=LoraSettings(init_lora_weights=False, target_modules="all-linear"))
+
+
+def test_melody_model_loads_and_lora_adapts_its_self_attention(module) -> None:
+    from transformers import MusicgenMelodyForConditionalGeneration
+
+    assert isinstance(module.base, MusicgenMelodyForConditionalGeneration) and module.melody
+    assert module.cfg_dropout == 0.2 and module.melody_dropout == 0.5  # the recipe's defaults for melody
+    keys = module.trainable_keys()
+    assert keys and all("lora_" in k for k in keys) and not any("encoder_attn" in k for k in keys)
+    assert any("self_attn.q_proj" in k for k in keys) and any(".fc1." in k for k in keys)
+
+
+def test_loss_equals_masked_loss_on_transformers_melody_logits(module) -> None:
+    """The training loss (its own prefix: melody states, masked text, codes) equals the oracle-tested masked loss
+    on the logits of transformers' MusicgenMelodyForConditionalGeneration forward (input_features = the melody)."""
+    from musiclit.model.delay import build_delay_pattern, masked_codebook_loss
+
+    module.eval()
+    torch.manual_seed(3)
+    codes = torch.randint(0, 2048, (2, 4, 9))
+    frame_mask = torch.ones(2, 9, dtype=torch.bool)
+    frame_mask[1, 6:] = False
+    captions = ["warm folk", "a longer caption with drums"]
+    text, text_mask = module.encode_text(captions)
+    melody = M.onehot(torch.randint(0, 12, (2, 40)))
+    inputs, labels, mask = build_delay_pattern(codes, module.special_token, module.delays, frame_mask)
+    tokens = module.tokenizer(captions, padding=True, return_tensors="pt")
+    assert torch.equal(tokens["attention_mask"], text_mask)
+    with torch.no_grad():
+        loss, per_cb = module(codes, frame_mask, text, text_mask, melody)
+        logits = module.base(**tokens, input_features=melody, decoder_input_ids=inputs.reshape(8, -1)).logits
+    logits = logits[:, -inputs.shape[-1] :]  # the prefix (235 melody + text frames) comes first
+    want, want_cb = masked_codebook_loss(logits.reshape(2, 4, *logits.shape[1:]), labels, mask)
+    torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(per_cb, want_cb, atol=1e-5, rtol=1e-5)
+    # the melody matters, and "no melody" is what transformers feeds when there is none
+    with torch.no_grad():
+        other = module(codes, frame_mask, text, text_mask, M.onehot(torch.randint(0, 12, (2, 40))))[0]
+        null = module(codes, frame_mask, text, text_mask, M.onehot(M.null_classes(2, 1)))[0]
+        no_features = module.base(**tokens, decoder_input_ids=inputs.reshape(8, -1)).logits[:, -inputs.shape[-1] :]
+    assert not torch.allclose(other, loss)
+    torch.testing.assert_close(null, masked_codebook_loss(no_features.reshape(2, 4, *no_features.shape[1:]),
+                                                          labels, mask)[0], atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_text_and_melody_dropout_per_example(module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cfg_dropout drops all conditions (text and melody) per example; melody_dropout then drops the melody of
+    half of the rest: dropped text = 0.2, dropped melody = 0.2 + 0.8 x 0.5 = 0.6, mixed within batches."""
+    seen = []
+
+    def capture(codes, frame_mask, text, text_mask, melody):
+        seen.append((text_mask.sum(-1) == 0, (melody.argmax(-1) == 0).all(-1)))
+        return torch.zeros(()), torch.zeros(4)
+
+    monkeypatch.setattr(module, "forward", capture)
+    batch = {"codes": torch.zeros(8, 4, 5, dtype=torch.long), "frame_mask": torch.ones(8, 5, dtype=torch.bool),
+             "captions": ["a b"] * 8, "melody": torch.randint(1, 12, (8, 16))}  # fmt: skip
+    torch.manual_seed(0)
+    for _ in range(250):
+        module._batch_loss(batch, 0.2, 0.5)
+    text = torch.stack([s[0] for s in seen]).float()
+    mel = torch.stack([s[1] for s in seen]).float()
+    assert abs(text.mean().item() - 0.2) < 0.03 and abs(mel.mean().item() - 0.6) < 0.03
+    assert (mel >= text).all()  # dropping the text drops the melody (guidance's unconditional branch)
+    assert ((mel.mean(1) > 0) & (mel.mean(1) < 1)).float().mean() > 0.8
+    assert abs(module._dropped["melody"] - mel[-1].mean()) < 1e-6
+
+
+# ------------------------------------------------------------------ training, the chroma cache, generation, export
+
+
+@pytest.fixture(scope="module")
+def melody_data(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset, one clip conditioned on another file (a melody of known notes) via ``melody_path``."""
+    import shutil
+
+    from musiclit.data.audio import write_audio
+
+    root = tmp_path_factory.mktemp("melody-data") / "data"
+    shutil.copytree(tiny_dataset, root, ignore=shutil.ignore_patterns(".musiclit-cache"))
+    caption = sorted(root.rglob("*.json"))
+    caption = next(p for p in caption if p.name != "manifest.jsonl" and p.with_suffix(".wav").exists())
+    write_audio(root / "hummed.wav", notes([60, 62, 64, 65], 1.0)[None], SR)
+    data = json.loads(caption.read_text())
+    data["melody_path"] = str(Path("..") / "hummed.wav") if caption.parent != root else "hummed.wav"
+    caption.write_text(json.dumps(data))
+    return root
+
+
+EXACT = ("--data.batch_size", "2", "--trainer.precision", "32-true", "--trainer.num_sanity_val_steps", "0",
+         "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.003", "--model.lora.dropout", "0.1",
+         "--model.lora.init_lora_weights", "false", "--trainer.logger", "false", "--seed_everything", "0",
+         "--trainer.max_steps", "4")  # fmt: skip
+
+
+class Losses(Callback):
+    """Records losses and logged values; can crash before a given step."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.losses: list[float] = []
+        self.logged: list[dict[str, float]] = []
+        self.crash_at = crash_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.crash_at:
+            raise RuntimeError("simulated crash")
+        assert batch["melody"].shape == (2, M.frames_for(2.0))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+@pytest.fixture(scope="module")
+def melody_run(melody_dir: Path, melody_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train 4 steps straight, and 2 steps + crash + resume to 4 (melody chroma through a tiny Demucs file)."""
+    root = tmp_path_factory.mktemp("melody-run")
+    separator = root / "tiny-demucs.th"
+    torch.save(tiny_demucs(), separator)
+    args = (*EXACT, "--data.melody_separator", str(separator))
+    straight = Losses()
+    tiny_fit(melody_dir, melody_data, root / "a", *args, callbacks=[straight])
+    first, second = Losses(crash_at=2), Losses()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tiny_fit(melody_dir, melody_data, root / "b", *args, "--checkpoint.every_n_train_steps", "1",
+                 callbacks=[first])  # fmt: skip
+    cli = tiny_fit(melody_dir, melody_data, root / "b", *args, "--ckpt_path", "last", callbacks=[second])
+    return {"root": root, "straight": straight, "first": first, "second": second, "cli": cli, "separator": separator}
+
+
+def test_melody_model_trains_and_resumes_exactly(melody_run: dict) -> None:
+    straight, first, second = melody_run["straight"], melody_run["first"], melody_run["second"]
+    assert len(straight.losses) == 4 and first.losses + second.losses == straight.losses
+    assert all(np.isfinite(straight.losses))
+    logged = straight.logged[-1]
+    assert "train/text_dropped" in logged and "train/melody_dropped" in logged
+    ckpt = torch.load(melody_run["root"] / "b" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert set(ckpt["state_dict"]) == melody_run["cli"].model.trainable_keys()
+
+
+def test_chroma_cache_holds_each_melody_once_keyed_like_the_tokens(melody_run: dict, melody_data: Path) -> None:
+    """Every clip's melody is cached beside its tokens; the clip with ``melody_path`` reads the other file's
+    chroma; the separator is part of the identity; a second setup computes nothing."""
+    from musiclit.data.audio import read_audio, resample
+    from musiclit.data.cache import TokenCache
+    from musiclit.io import file_sha256
+
+    dm = melody_run["cli"].datamodule
+    cache = dm.melody_cache
+    assert cache.folder.parent == dm.cache.folder.parent and cache.folder.name.startswith("melody-")
+    hummed = melody_data / "hummed.wav"
+    key = file_sha256(hummed)
+    assert key in cache
+    separator = torch.load(melody_run["separator"], weights_only=False)
+    chroma = M.MelodyChroma(separator, resample)
+    assert chroma.id == cache.folder.name
+    np.testing.assert_array_equal(cache.get(key)[0], chroma.encode(read_audio(hummed, 44100, 2))[0])
+    # the clip that names hummed.wav is served that melody (at its crop), the others their own
+    train = dm.train_set
+    idx = [i for i, c in enumerate(train.captions) if c.melody_path]
+    others = [i for i in range(len(train)) if i not in idx]
+    all_keys = set(train.melody.keys) | set(dm.valid_set.melody.keys)
+    assert key in all_keys
+    for i in others[:2]:
+        assert train.melody.keys[i] == train.keys[i]  # keyed like the tokens: the clip's content hash
+    before = {p.name for p in cache.folder.iterdir()}
+    again = TokenCache(cache.root, cache.codec_id)
+    again.build([hummed], chroma, lambda p: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert {p.name for p in cache.folder.iterdir()} == before
+
+
+@pytest.fixture(scope="module")
+def melody_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from musiclit.data.audio import write_audio
+
+    path = tmp_path_factory.mktemp("melody-file") / "tune.wav"
+    write_audio(path, notes([67, 69, 71, 72, 74], 0.5)[None], SR)  # 2.5 s
+    return path
+
+
+def test_greedy_generation_with_a_melody_equals_transformers_generate(melody_dir: Path, melody_file: Path) -> None:
+    from musiclit.data.audio import read_audio
+    from musiclit.infer.sampler import GenerationParams, load_generator
+
+    gen = load_generator(str(melody_dir), device="cpu")
+    classes = gen.encode_melody(read_audio(melody_file, SR, 1), SR)
+    np.testing.assert_array_equal(classes, M.pitch_classes(read_audio(melody_file, SR, 1)[0]))
+    params = GenerationParams(seconds=0.6, temperature=0.0, guidance_scale=3.0)
+    ours = gen.generate(["calm piano"], params, melody=classes)
+    tokens = gen.tokenizer(["calm piano"], return_tensors="pt")
+    with torch.no_grad():
+        theirs = gen.base.generate(**tokens, input_features=M.onehot(torch.from_numpy(classes)[None]),
+                                   do_sample=False, guidance_scale=3.0, max_new_tokens=30 + 3).float()  # fmt: skip
+    assert ours.codes.shape == (1, 4, 30)
+    assert torch.equal(ours.audio, theirs[..., : ours.audio.shape[-1]])
+    # without a melody: transformers' "no melody"
+    plain = gen.generate(["calm piano"], params)
+    with torch.no_grad():
+        theirs = gen.base.generate(**tokens, do_sample=False, guidance_scale=3.0, max_new_tokens=33).float()
+    assert torch.equal(plain.audio, theirs[..., : plain.audio.shape[-1]])
+    assert not torch.equal(plain.codes, ours.codes)
+
+
+def test_windows_past_the_first_follow_the_melody_on(melody_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each window reads the melody from its own start time: window 2 (starting at 1.5 s of the output)
+    gets the melody's frames from round(1.5 x 7.8125) = 12 on, wrapped around the melody's end."""
+    from musiclit.infer.sampler import GenerationParams, load_generator
+
+    gen = load_generator(str(melody_dir), device="cpu")
+    classes = np.arange(20, dtype=np.int64) % 12
+    seen = []
+    real = gen.sample_window
+
+    def spy(enc, enc_mask, frames, params, generators, prompt=None, melody=None):
+        seen.append(melody.argmax(-1)[0].numpy())
+        return real(enc, enc_mask, frames, params, generators, prompt, melody)
+
+    monkeypatch.setattr(gen, "sample_window", spy)
+    params = GenerationParams(seconds=3.0, window_seconds=2.0, context_seconds=0.5, seed=1)
+    result = gen.generate(["x"], params, melody=classes)
+    assert result.codes.shape[-1] == 150 and len(seen) == 2
+    np.testing.assert_array_equal(seen[0], M.window(classes, 0, 235))
+    np.testing.assert_array_equal(seen[1], M.window(classes, 12, 235))
+
+
+def test_melody_batches_do_not_depend_on_their_batch_mates(melody_dir: Path, melody_file: Path) -> None:
+    from musiclit.infer.sampler import GenerationParams, load_generator
+
+    gen = load_generator(str(melody_dir), device="cpu")
+    classes = np.array([0, 4, 7, 4], dtype=np.int64)
+    params = GenerationParams(seconds=0.3, seed=4)
+    both = gen.generate(["rock", "a much longer prompt about jazz"], params, melody=classes)
+    alone = gen.generate(["a much longer prompt about jazz"], params, seeds=[5], melody=classes)
+    assert torch.equal(both.codes[1], alone.codes[0])
+
+
+def test_melody_run_generates_with_a_melody_file_and_exports(
+    melody_run: dict, melody_dir: Path, melody_file: Path, tmp_path: Path
+) -> None:
+    import soundfile as sf
+    from peft import PeftModel
+    from transformers import MusicgenMelodyForConditionalGeneration
+
+    from musiclit.infer.export import export
+    from musiclit.model.finetune import load_finetune
+
+    ckpt = melody_run["root"] / "b" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "gen"
+    args = ["generate", "--adapter", str(ckpt), "--prompt", "a tune", "--melody", str(melody_file),
+            "--melody-separator", str(melody_run["separator"]), "--seconds", "0.5", "--window", "0.4",
+            "--context", "0.2", "--seed", "3", "--out", str(out)]  # fmt: skip
+    assert cli_main(args) == 0
+    meta = json.loads(next(out.glob("*.json")).read_text())
+    assert meta["melody"]["path"] == str(melody_file.resolve()) and meta["melody"]["separator"]
+    wav, sr = sf.read(next(out.glob("*.wav")), dtype="float32")
+    assert sr == SR and len(wav) == 25 * 640
+    regen = tmp_path / "regen"
+    assert cli_main(["generate", "--from-json", str(next(out.glob("*.json"))), "--out", str(regen)]) == 0
+    np.testing.assert_array_equal(sf.read(next(regen.glob("*.wav")), dtype="float32")[0], wav)
+
+    ft = load_finetune(None, str(ckpt))
+    tokens = ft.loaded.tokenizer(["a tune"], return_tensors="pt")
+    inputs = {**tokens, "input_features": M.onehot(torch.randint(0, 12, (1, 50))),
+              "decoder_input_ids": torch.randint(0, 2048, (4, 7))}  # fmt: skip
+    with torch.no_grad():
+        want = ft.model.eval()(**inputs).logits
+        base = MusicgenMelodyForConditionalGeneration.from_pretrained(melody_dir).eval()(**inputs).logits
+    assert (want - base).abs().max() > 1e-3
+    peft_dir = export(str(ckpt), "peft", tmp_path / "peft")
+    merged_dir = export(str(ckpt), "merged", tmp_path / "merged")
+    alone = PeftModel.from_pretrained(MusicgenMelodyForConditionalGeneration.from_pretrained(melody_dir), str(peft_dir))
+    merged = MusicgenMelodyForConditionalGeneration.from_pretrained(merged_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(alone.eval()(**inputs).logits, want)
+        torch.testing.assert_close(merged.eval()(**inputs).logits, want, rtol=1e-5, atol=1e-5)
+    assert (merged_dir / "tokenizer.json").exists() or (merged_dir / "tokenizer_config.json").exists()
