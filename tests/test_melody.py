@@ -275,12 +275,18 @@ class Losses(Callback):
 
 
 @pytest.fixture(scope="module")
+def separator_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("demucs") / "tiny-demucs.th"
+    torch.save(tiny_demucs(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def melody_run(melody_dir: Path, melody_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Train 4 steps straight, and 2 steps + crash + resume to 4 (melody chroma through a tiny Demucs file)."""
+    """Train 4 steps straight, and 2 steps + crash + resume to 4 (the chroma of the clips as they are: Demucs is
+    tested on its own below, it costs seconds per clip on this CPU)."""
     root = tmp_path_factory.mktemp("melody-run")
-    separator = root / "tiny-demucs.th"
-    torch.save(tiny_demucs(), separator)
-    args = (*EXACT, "--data.melody_separator", str(separator))
+    args = (*EXACT, "--data.melody_separator", "null")
     straight = Losses()
     tiny_fit(melody_dir, melody_data, root / "a", *args, callbacks=[straight])
     first, second = Losses(crash_at=2), Losses()
@@ -288,7 +294,7 @@ def melody_run(melody_dir: Path, melody_data: Path, tmp_path_factory: pytest.Tem
         tiny_fit(melody_dir, melody_data, root / "b", *args, "--checkpoint.every_n_train_steps", "1",
                  callbacks=[first])  # fmt: skip
     cli = tiny_fit(melody_dir, melody_data, root / "b", *args, "--ckpt_path", "last", callbacks=[second])
-    return {"root": root, "straight": straight, "first": first, "second": second, "cli": cli, "separator": separator}
+    return {"root": root, "straight": straight, "first": first, "second": second, "cli": cli}
 
 
 def test_melody_model_trains_and_resumes_exactly(melody_run: dict) -> None:
@@ -302,34 +308,68 @@ def test_melody_model_trains_and_resumes_exactly(melody_run: dict) -> None:
 
 
 def test_chroma_cache_holds_each_melody_once_keyed_like_the_tokens(melody_run: dict, melody_data: Path) -> None:
-    """Every clip's melody is cached beside its tokens; the clip with ``melody_path`` reads the other file's
-    chroma; the separator is part of the identity; a second setup computes nothing."""
-    from musiclit.data.audio import read_audio, resample
+    """Every clip's melody is cached beside its tokens, keyed like them (the file's content hash); the clip with
+    ``melody_path`` reads the other file's chroma; a second build computes nothing."""
+    from musiclit.data.audio import read_audio
     from musiclit.data.cache import TokenCache
     from musiclit.io import file_sha256
 
     dm = melody_run["cli"].datamodule
     cache = dm.melody_cache
-    assert cache.folder.parent == dm.cache.folder.parent and cache.folder.name.startswith("melody-")
+    assert cache.folder.parent == dm.cache.folder.parent and cache.folder.name == M.MelodyChroma(None).id
     hummed = melody_data / "hummed.wav"
     key = file_sha256(hummed)
-    assert key in cache
-    separator = torch.load(melody_run["separator"], weights_only=False)
-    chroma = M.MelodyChroma(separator, resample)
-    assert chroma.id == cache.folder.name
-    np.testing.assert_array_equal(cache.get(key)[0], chroma.encode(read_audio(hummed, 44100, 2))[0])
-    # the clip that names hummed.wav is served that melody (at its crop), the others their own
-    train = dm.train_set
-    idx = [i for i, c in enumerate(train.captions) if c.melody_path]
-    others = [i for i in range(len(train)) if i not in idx]
-    all_keys = set(train.melody.keys) | set(dm.valid_set.melody.keys)
-    assert key in all_keys
-    for i in others[:2]:
-        assert train.melody.keys[i] == train.keys[i]  # keyed like the tokens: the clip's content hash
-    before = {p.name for p in cache.folder.iterdir()}
+    np.testing.assert_array_equal(cache.get(key)[0], M.pitch_classes(read_audio(hummed, SR, 1)[0]))
+    train, valid = dm.train_set, dm.valid_set
+    named = [(s, i) for s in (train, valid) for i, c in enumerate(s.captions) if c.melody_path]
+    assert len(named) == 1 and named[0][0].melody.keys[named[0][1]] == key
+    for part in (train, valid):
+        for i in range(len(part)):
+            if not part.captions[i].melody_path:
+                assert part.melody.keys[i] == part.keys[i]  # the clip itself: the key of its tokens
+    # an item's melody is the cached melody at the crop's start, repeated past its end
+    item = train[(1, 0)]
+    first = int(round(item["offset"] * M.frame_rate()))
+    want = M.window(np.asarray(cache.get(train.melody.keys[0])[0]), first, M.frames_for(2.0))
+    np.testing.assert_array_equal(item["melody"].numpy(), want)
+    before = sorted(p.name for p in cache.folder.iterdir())
     again = TokenCache(cache.root, cache.codec_id)
-    again.build([hummed], chroma, lambda p: (_ for _ in ()).throw(AssertionError("recomputed")))
-    assert {p.name for p in cache.folder.iterdir()} == before
+    again.build([hummed], M.MelodyChroma(None), lambda p: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert sorted(p.name for p in cache.folder.iterdir()) == before
+
+
+@pytest.mark.slow  # Demucs, even tiny, takes seconds per clip on a busy 2-core CPU
+def test_cache_verb_removes_drums_and_bass_once(
+    melody_dir: Path, tiny_dataset: Path, separator_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cache`` with a Demucs separator: the melody cache of that separator (its weights in the identity) holds the
+    chroma of the clips with drums and bass removed."""
+    import shutil
+
+    from musiclit.data.audio import read_audio, resample
+    from musiclit.data.cache import TokenCache
+    from musiclit.io import file_sha256
+
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    clips = sorted((tiny_dataset / "clips").glob("*.wav"))[:2]
+    for clip in clips:
+        for suffix in (".wav", ".json"):
+            shutil.copy(clip.with_suffix(suffix), data / "clips")
+    args = ["--model.pretrained", str(melody_dir), "--data.data_dir", str(data), "--data.valid_fraction", "0",
+            "--data.melody_separator", str(separator_file), "--trainer.accelerator", "cpu"]  # fmt: skip
+    assert cli_main(["cache", *args]) == 0
+    assert "melody chroma cache" in capsys.readouterr().out
+    chroma = M.MelodyChroma(torch.load(separator_file, weights_only=False), resample)
+    assert chroma.id != M.MelodyChroma(None).id
+    cache = TokenCache(data / ".musiclit-cache", chroma.id)
+    assert len(cache) == 2
+    separator = chroma.separator
+    for clip in clips:
+        stems = M.melody_stems(separator, read_audio(clip, 44100, 2))
+        want = M.pitch_classes(resample(stems.mean(0, keepdims=True), 44100, SR)[0])
+        np.testing.assert_array_equal(cache.get(file_sha256(clip))[0], want)
+        assert not np.array_equal(want, M.pitch_classes(read_audio(clip, SR, 1)[0]))  # the separator did something
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +438,7 @@ def test_melody_batches_do_not_depend_on_their_batch_mates(melody_dir: Path, mel
 
 
 def test_melody_run_generates_with_a_melody_file_and_exports(
-    melody_run: dict, melody_dir: Path, melody_file: Path, tmp_path: Path
+    melody_run: dict, melody_dir: Path, melody_file: Path, separator_file: Path, tmp_path: Path
 ) -> None:
     import soundfile as sf
     from peft import PeftModel
@@ -410,7 +450,7 @@ def test_melody_run_generates_with_a_melody_file_and_exports(
     ckpt = melody_run["root"] / "b" / "checkpoints" / "last.ckpt"
     out = tmp_path / "gen"
     args = ["generate", "--adapter", str(ckpt), "--prompt", "a tune", "--melody", str(melody_file),
-            "--melody-separator", str(melody_run["separator"]), "--seconds", "0.5", "--window", "0.4",
+            "--melody-separator", str(separator_file), "--seconds", "0.5", "--window", "0.4",
             "--context", "0.2", "--seed", "3", "--out", str(out)]  # fmt: skip
     assert cli_main(args) == 0
     meta = json.loads(next(out.glob("*.json")).read_text())
