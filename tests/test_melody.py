@@ -477,3 +477,43 @@ def test_melody_run_generates_with_a_melody_file_and_exports(
         torch.testing.assert_close(alone.eval()(**inputs).logits, want)
         torch.testing.assert_close(merged.eval()(**inputs).logits, want, rtol=1e-5, atol=1e-5)
     assert (merged_dir / "tokenizer.json").exists() or (merged_dir / "tokenizer_config.json").exists()
+
+
+def test_melody_audiocraft_export_follows_the_layout_and_imports_back(melody_run: dict, tmp_path: Path) -> None:
+    """audiocraft's melody LM: prepended conditions (no cross-attention weights), the chroma projection under
+    ``self_wav``, the chroma STFT window it keeps as a buffer; importing it back gives the merged model exactly."""
+    from transformers import MusicgenMelodyForConditionalGeneration
+
+    from musiclit.infer.export import ExportError, export, import_audiocraft
+
+    ckpt = melody_run["root"] / "b" / "checkpoints" / "last.ckpt"
+    folder = export(str(ckpt), "audiocraft", tmp_path / "ac")
+    merged = MusicgenMelodyForConditionalGeneration.from_pretrained(export(str(ckpt), "merged", tmp_path / "m"))
+    hf = merged.state_dict()
+    pkg = torch.load(folder / "state_dict.bin", map_location="cpu", weights_only=True)
+    best, cfg = pkg["best_state"], pkg["xp.cfg"]
+    assert not any("cross_attention" in k or "norm_cross" in k for k in best)
+    chroma = "condition_provider.conditioners.self_wav."
+    assert torch.equal(best[chroma + "output_proj.weight"], hf["audio_enc_to_dec_proj.weight"])
+    assert torch.equal(best[chroma + "output_proj.bias"], hf["audio_enc_to_dec_proj.bias"])
+    assert torch.equal(best[chroma + "chroma.spec.window"], torch.hann_window(16384))
+    q, k, v = (hf[f"decoder.model.decoder.layers.1.self_attn.{n}_proj.weight"] for n in "qkv")
+    assert torch.equal(best["transformer.layers.1.self_attn.in_proj_weight"], torch.cat([q, k, v]))
+    assert cfg["fuser"]["prepend"] == ["self_wav", "description"] and cfg["fuser"]["cross"] == []
+    stem = cfg["conditioners"]["self_wav"]
+    assert stem["model"] == "chroma_stem" and stem["chroma_stem"]["radix2_exp"] == 14 and stem["chroma_stem"]["argmax"]
+    assert cfg["classifier_free_guidance"]["training_dropout"] == 0.2
+    assert cfg["attribute_dropout"]["wav"]["self_wav"] == 0.5
+    melody_base = str(json.loads((folder / "musiclit_export.json").read_text())["base"])
+    imported = MusicgenMelodyForConditionalGeneration.from_pretrained(
+        import_audiocraft(folder, melody_base, tmp_path / "back")
+    ).state_dict()
+    assert set(imported) == set(hf)
+    for key, value in hf.items():
+        assert torch.equal(imported[key], value), key
+    # a melody fine-tune needs a melody base
+    from musiclit.model.musicgen import create_tiny_model_folder
+
+    text_only = create_tiny_model_folder(tmp_path / "text-only", seed=0, text_dim=24)
+    with pytest.raises(ExportError, match=r"a melody MusicGen, but the base .* is not a melody model"):
+        import_audiocraft(folder, str(text_only), tmp_path / "wrong")

@@ -177,10 +177,9 @@ def import_audiocraft(
 ) -> Path:
     """Build a transformers MusicGen folder from an audiocraft-format LM plus a base's text encoder and codec."""
     import torch
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
 
-    from musiclit.model.audiocraft import AudiocraftFormatError, decoder_sizes, from_audiocraft
-    from musiclit.model.musicgen import ModelLoadError, describe, load_musicgen, save_model_folder
+    from musiclit.model.audiocraft import CHROMA_AC, AudiocraftFormatError, decoder_sizes, from_audiocraft
+    from musiclit.model.musicgen import ModelLoadError, describe, load_musicgen, model_classes, save_model_folder
 
     folder = Path(folder)
     best, cfg = read_audiocraft(folder, trust_pickle)
@@ -193,14 +192,22 @@ def import_audiocraft(
     except ModelLoadError as err:
         raise ExportError(f"{base}: cannot load the base model for its text encoder and codec: {err}") from None
     base_model = loaded.model
+    melody = any(k.startswith(CHROMA_AC) for k in best)
+    if melody != loaded.melody:
+        raise ExportError(
+            f"{folder}: a {'melody' if melody else 'text-only'} MusicGen, but the base '{base}' is "
+            f"{'a melody model' if loaded.melody else 'not a melody model'}: give a base of the same kind "
+            "(e.g. facebook/musicgen-melody for a melody fine-tune)"
+        )
     config_dict = base_model.config.to_dict()
     config_dict["decoder"].update(sizes)
     channels = int(cfg.get("channels", 1) or 1)
     config_dict["decoder"]["audio_channels"] = channels
-    config = MusicgenConfig.from_dict(config_dict)
+    config_class, model_class = model_classes(base_model.config.model_type)
+    config = config_class.from_dict(config_dict)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = MusicgenForConditionalGeneration(config)
+        model = model_class(config)
     try:
         mapped = from_audiocraft(best, sizes["hidden_size"])
     except AudiocraftFormatError as err:
@@ -225,7 +232,7 @@ def import_audiocraft(
                 f"{folder}: weight {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)} "
                 f"(does the base '{base}' text encoder match the one it was trained with?)"
             )
-    want = {k for k in target if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    want = {k for k in target if k.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))}
     missing = sorted(want - set(mapped))
     if missing:
         raise ExportError(f"{folder}: {len(missing)} decoder weights are missing (e.g. {missing[0]})")
