@@ -517,3 +517,31 @@ def test_melody_audiocraft_export_follows_the_layout_and_imports_back(melody_run
     text_only = create_tiny_model_folder(tmp_path / "text-only", seed=0, text_dim=24)
     with pytest.raises(ExportError, match=r"a melody MusicGen, but the base .* is not a melody model"):
         import_audiocraft(folder, str(text_only), tmp_path / "wrong")
+
+
+def test_estimate_knows_the_melody_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Parameter counts against a real melody module (no cross-attention), and the shipped config fits 12 GB."""
+    from musiclit.commands.estimate import main as estimate_main
+    from musiclit.model.lora import LoraSettings
+    from musiclit.model.musicgen import tiny_config_dict
+    from musiclit.train.estimate import GiB, Spec, estimate, load_configs, spec_from_config
+    from musiclit.train.module import MusicGenModule
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tiny_config_dict(hidden_size=64, num_layers=3, ffn_dim=256, melody=True)))
+    config = {"model": {"pretrained": str(path), "lora": {"r": 4, "target_modules": "all-linear", "lm_heads": True}},
+              "data": {"batch_size": 1, "segment_duration": 2.0}, "trainer": {"precision": "32-true"}}  # fmt: skip
+    spec = spec_from_config(config)
+    assert spec.melody and spec.prefix_tokens == 235 + 32
+    module = MusicGenModule(str(path), lora=LoraSettings(r=4, target_modules="all-linear", lm_heads=True))
+    assert spec.lora_params == sum(p.numel() for p in module.parameters() if p.requires_grad)
+    weights = sum(p.numel() for n, p in module.base.decoder.named_parameters() if "lora_" not in n)
+    assert abs(spec.decoder_params - weights) / weights < 0.02
+    hub = spec_from_config(load_configs(["configs/base.yaml", "configs/musicgen-melody-lora.yaml"]))
+    assert hub.melody and (hub.hidden, hub.layers) == (1536, 48) and hub.checkpointing
+    assert sum(estimate(hub).values()) <= 12 * GiB
+    text_only = Spec(**{**hub.__dict__, "melody": False})
+    assert Spec(**hub.__dict__).decoder_params < text_only.decoder_params  # no cross-attention weights
+    assert spec_from_config({"model": {"pretrained": "facebook/musicgen-melody-large"}}).hidden == 2048
+    assert estimate_main(["--config", "configs/base.yaml", "--config", "configs/musicgen-melody-lora.yaml"]) == 0
+    assert "this config fits" in capsys.readouterr().out

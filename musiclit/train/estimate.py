@@ -36,12 +36,21 @@ ARCHS = {
     "small": (1024, 24, 16),
     "medium": (1536, 48, 24),
     "large": (2048, 48, 32),
+    "melody": (1536, 48, 24),  # facebook/musicgen-melody (1.5B); musicgen-melody-large has large's sizes
 }
+CHROMA_FRAMES = 235  # MusicGen-melody's prepended melody (30 s of chroma)
+
 LORA_PRESETS = {
     "qv": ("q_proj", "v_proj"),
     "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
     "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
 }
+
+
+def arch_of(pretrained: str) -> str | None:
+    """The released architecture a hub id names (its size first: "musicgen-melody-large" is large-sized)."""
+    size = next((n for n in ("small", "medium", "large") if n in pretrained), None)
+    return size or ("melody" if "melody" in pretrained else None)
 
 
 @dataclass
@@ -65,12 +74,21 @@ class Spec:
     lora_dropout: float = 0.05
     checkpointing: bool = False
     token_cache: bool = True
+    melody: bool = False  # MusicGen-melody: no cross-attention; melody + text prepended to the decoder input
 
     @property
     def decoder_params(self) -> int:
         d, f = self.hidden, self.ffn
-        per_layer = 8 * d * d + 2 * d * f + 3 * 2 * d  # self + cross attention, ffn, layer norms
+        if self.melody:
+            per_layer = 4 * d * d + 2 * d * f + 2 * 2 * d  # self-attention, ffn, layer norms
+        else:
+            per_layer = 8 * d * d + 2 * d * f + 3 * 2 * d  # self + cross attention, ffn, layer norms
         return self.layers * per_layer + self.codebooks * (VOCAB + 1) * d + self.codebooks * d * VOCAB
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Decoder positions before the codes: melody models prepend the melody and the text."""
+        return CHROMA_FRAMES + TEXT_TOKENS if self.melody else 0
 
     @property
     def lora_params(self) -> int:
@@ -82,7 +100,8 @@ class Spec:
         per_layer = 0
         for leaf in self.lora_targets:
             i, o = shapes[leaf]
-            per_layer += r * (i + o) * (2 if leaf in ("q_proj", "k_proj", "v_proj", "out_proj") else 1)
+            attention = leaf in ("q_proj", "k_proj", "v_proj", "out_proj")
+            per_layer += r * (i + o) * (2 if attention and not self.melody else 1)  # self- and cross-attention
         heads = self.codebooks * r * (d + VOCAB) if self.lora_heads else 0
         return self.layers * per_layer + heads
 
@@ -93,7 +112,7 @@ def estimate(spec: Spec) -> dict[str, float]:
     w = 2 if spec.bf16 else 4  # frozen weights in the compute dtype (frozen_dtype auto)
     d, f, layers = spec.hidden, spec.ffn, spec.layers
     frames = int(round(spec.seconds * spec.frame_rate))
-    tokens = spec.batch * (frames + spec.codebooks)  # delay pattern steps
+    tokens = spec.batch * (frames + spec.codebooks + spec.prefix_tokens)  # delay pattern steps (+ melody prefix)
     full = spec.lora_r is None
     trainable = spec.lora_params
     frozen_decoder = 0 if full else spec.decoder_params
@@ -106,7 +125,8 @@ def estimate(spec: Spec) -> dict[str, float]:
     mask = 1 if drop else 0
     # per layer per token: fp32 residual inputs of the 3 layer norms, LN outputs, q/k/v/attention outputs kept
     # for SDPA's backward, LoRA inputs (dropout outputs + masks), fc1 output (GELU backward), fc2's input
-    per_token = d * (3 * 4 + 3 * a + 4 * a + 3 * a + 2 * a + 3 * (a + mask)) + f * (2 * a + mask)
+    norms = 2 if spec.melody else 3  # melody layers have no cross-attention (and no norm before it)
+    per_token = d * (norms * 4 + norms * a + 4 * a + 3 * a + 2 * a + 3 * (a + mask)) + f * (2 * a + mask)
     if full:
         per_token += d * 2 * a  # inputs of every linear are saved for weight gradients
     layer_acts = ACTIVATION_OVERHEAD * per_token * tokens
@@ -142,11 +162,12 @@ def spec_from_config(config: dict[str, Any], gpu: bool = True) -> Spec:
     data = config.get("data") or {}
     trainer = config.get("trainer") or {}
     pretrained = str(model.get("pretrained", "facebook/musicgen-small"))
-    arch = next((name for name in ARCHS if name in pretrained), None)
+    arch = arch_of(pretrained)
     kwargs: dict[str, Any] = {}
-    if arch is not None:
+    if arch is not None and not Path(pretrained).exists():
         d, n, _ = ARCHS[arch]
-        kwargs.update(hidden=d, layers=n, ffn=4 * d, codebooks=8 if "stereo" in pretrained else 4)
+        kwargs.update(hidden=d, layers=n, ffn=4 * d, codebooks=8 if "stereo" in pretrained else 4,
+                      melody="melody" in pretrained)  # fmt: skip
     else:
         path = Path(pretrained)
         cfg_file = path if path.suffix == ".json" else path / "config.json"
@@ -156,6 +177,7 @@ def spec_from_config(config: dict[str, Any], gpu: bool = True) -> Spec:
                       codebooks=dec["num_codebooks"], text_dim=cfg["text_encoder"]["d_model"])  # fmt: skip
         kwargs["text_params"] = _t5_params(cfg["text_encoder"])
         kwargs["codec_params"] = ENCODEC_32K_PARAMS if cfg["audio_encoder"].get("num_filters", 64) >= 64 else 50_000
+        kwargs["melody"] = cfg.get("model_type") == "musicgen_melody"
     lora = model.get("lora", {"r": 8, "target_modules": "qv"})
     if lora is None:
         kwargs["lora_r"] = None
@@ -232,13 +254,13 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     spec = spec_from_config(config)
     model = config.get("model") or {}
     pretrained = str(model.get("pretrained"))
-    if any(name in pretrained for name in ARCHS) and not Path(pretrained).exists():
+    if arch_of(pretrained) is not None and not Path(pretrained).exists():
         import tempfile
 
         from musiclit.model.musicgen import real_config_dict  # the real architecture at random init
 
         tmp = Path(tempfile.mkdtemp()) / "config.json"
-        tmp.write_text(json.dumps(real_config_dict(next(n for n in ARCHS if n in pretrained))))
+        tmp.write_text(json.dumps(real_config_dict(str(arch_of(pretrained)), melody=spec.melody)))
         pretrained = str(tmp)
     lora = model.get("lora", {})
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -251,6 +273,8 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     batch = {"codes": torch.randint(0, 2048, (spec.batch, spec.codebooks, frames), device=device),
              "frame_mask": torch.ones(spec.batch, frames, dtype=torch.bool, device=device),
              "captions": ["a calm folk piece with guitar"] * spec.batch}  # fmt: skip
+    if spec.melody:
+        batch["melody"] = torch.randint(0, 12, (spec.batch, CHROMA_FRAMES), device=device)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.bf16)
     for i in range(steps + 1):
