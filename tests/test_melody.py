@@ -545,3 +545,38 @@ def test_estimate_knows_the_melody_architecture(tmp_path: Path, capsys: pytest.C
     assert spec_from_config({"model": {"pretrained": "facebook/musicgen-melody-large"}}).hidden == 2048
     assert estimate_main(["--config", "configs/base.yaml", "--config", "configs/musicgen-melody-lora.yaml"]) == 0
     assert "this config fits" in capsys.readouterr().out
+
+
+def test_melody_errors_name_the_file_or_option(
+    melody_dir: Path, tiny_dataset: Path, tiny_model_dir: Path, melody_file: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import shutil
+
+    from musiclit.data.caption import Caption, CaptionError
+
+    # the caption field: a string, kept through a load/save round trip
+    named = Caption.from_dict({"description": "x", "melody_path": "tunes/a.wav"})
+    assert named.melody_path == "tunes/a.wav" and named.to_dict()["melody_path"] == "tunes/a.wav"
+    with pytest.raises(CaptionError, match="field 'melody_path' must be str"):
+        Caption.from_dict({"melody_path": 3}, source="clip.json")
+    # a melody_path that does not exist: the caption JSON and the path are named
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    clip = sorted((tiny_dataset / "clips").glob("*.wav"))[0]
+    shutil.copy(clip, data / "clips")
+    caption = json.loads(clip.with_suffix(".json").read_text())
+    (data / "clips" / clip.with_suffix(".json").name).write_text(json.dumps({**caption, "melody_path": "nope.wav"}))
+    args = ["--model.pretrained", str(melody_dir), "--data.data_dir", str(data), "--data.valid_fraction", "0",
+            "--data.melody_separator", "null", "--trainer.accelerator", "cpu"]  # fmt: skip
+    assert cli_main(["cache", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"{clip.stem}.json: melody_path nope.wav: no such audio file" in err
+    # melody models train from the token cache
+    assert cli_main(["fit", *args, "--data.token_cache", "false", "--trainer.max_steps", "1",
+                     "--trainer.default_root_dir", str(tmp_path / "run")]) == 2  # fmt: skip
+    assert "data.token_cache true" in capsys.readouterr().err
+    # a melody needs a melody model
+    rc = cli_main(["generate", "--model", str(tiny_model_dir), "--melody", str(melody_file), "--melody-separator",
+                   "none", "--seconds", "0.2", "--out", str(tmp_path / "g")])  # fmt: skip
+    assert rc == 2 and "a melody needs a MusicGen-melody model" in capsys.readouterr().err
