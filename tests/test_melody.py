@@ -580,3 +580,33 @@ def test_melody_errors_name_the_file_or_option(
     rc = cli_main(["generate", "--model", str(tiny_model_dir), "--melody", str(melody_file), "--melody-separator",
                    "none", "--seconds", "0.2", "--out", str(tmp_path / "g")])  # fmt: skip
     assert rc == 2 and "a melody needs a MusicGen-melody model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/work/shared/realmusic-dev/labels.json").is_file(), reason="realmusic-dev is absent")
+def test_melody_pitch_classes_follow_the_score_of_real_music() -> None:
+    """On the 16 real pieces (realmusic-dev), with MusicGen-melody's settings (0.5 s windows): the pitch class of
+    a frame is one the MIDI score sounds over the whole window (drums excluded) far more often than chance.
+    Measured: 0.63 of 2055 frames vs 0.16 by chance; every piece with 20+ such frames at least 1.6x chance."""
+    from midi_notes import read_notes
+
+    from musiclit.data.audio import read_audio
+
+    root = Path("/work/shared/realmusic-dev")
+    half = M.N_FFT / SR / 2
+    hits = chance = count = 0
+    for entry in json.loads((root / "labels.json").read_text())["files"]:
+        score = [n for n in read_notes(root / entry["midi"]) if n.channel != 9]
+        starts, ends = np.array([n.start for n in score]), np.array([n.end for n in score])
+        classes = np.array([n.pitch % 12 for n in score])
+        melody = M.pitch_classes(read_audio(root / entry["path"], SR, 1)[0])
+        h = c = n = 0
+        for i, pc in enumerate(melody):
+            t = i * M.HOP / SR
+            sounding = set(classes[(starts <= t - half) & (ends >= t + half)].tolist())
+            if sounding:
+                n, h, c = n + 1, h + (int(pc) in sounding), c + len(sounding) / 12
+        if n >= 20:
+            assert h / n > 1.5 * c / n, entry["path"]
+        hits, chance, count = hits + h, chance + c, count + n
+    assert hits / count > 0.55 and hits / count > 3 * chance / count

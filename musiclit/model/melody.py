@@ -184,6 +184,11 @@ class MelodyChroma:
         return str(self.identity["id"])
 
     @property
+    def label(self) -> str:
+        """What the cache's progress bar calls this."""
+        return f"melody chroma ({self.id.removeprefix('melody-')[:8]}{', Demucs' if self.separator else ''})"
+
+    @property
     def codec(self) -> Any:
         """The module the cache moves to the GPU while it builds (the separator)."""
         return self.separator
