@@ -139,9 +139,15 @@ def main(argv: list[str]) -> int:
     request.params.check()
     separator = None
     if request.melody and request.melody_separator:
-        from musiclit.prep.vocals import load_demucs
+        from musiclit.prep.vocals import VocalsError, load_demucs
 
-        separator = load_demucs(request.melody_separator)
+        try:
+            separator = load_demucs(request.melody_separator)
+        except VocalsError as err:
+            raise GenerateError(
+                f"--melody-separator {request.melody_separator}: {err} (here: --melody-separator FILE, or none to "
+                "take the melody's chroma as it is)"
+            ) from None
     gen, result, elapsed = run_request(request, args.device, args.dtype, args.batch_size, separator)
     paths = write_samples(
         gen, result, request.prompts, request.params, args.out, formats, prompt_audio=request.prompt_audio,

@@ -205,9 +205,15 @@ class MusicGenModule(L.LightningModule):
 
         model = None
         if separator:
-            from musiclit.prep.vocals import load_demucs
+            from musiclit.prep.vocals import VocalsError, load_demucs
 
-            model = load_demucs(separator)
+            try:
+                model = load_demucs(separator)
+            except VocalsError as err:
+                raise ConfigError(
+                    f"data.melody_separator {separator}: {err} (here: data.melody_separator with a local weights "
+                    "file, or null to take the chroma of the audio as it is)"
+                ) from None
         return MelodyChroma(model, resample)
 
     @torch.no_grad()
