@@ -264,7 +264,6 @@ class MusicGenModule(L.LightningModule):
             keep = torch.rand(bsz, device=text_mask.device) >= cfg_dropout
             text_mask = text_mask * keep[:, None].to(text_mask.dtype)
         self._dropped = {"text": 1.0 - keep.float().mean()}
-        melody = None
         if self.melody:
             if "melody" not in batch:
                 raise ConfigError("a MusicGen-melody model needs the melody of each clip (train from the token cache)")
@@ -277,7 +276,8 @@ class MusicGenModule(L.LightningModule):
             classes = batch["melody"].to(keep.device) * melody_keep[:, None].long()  # class 0 = no melody
             melody = onehot(classes)
             self._dropped["melody"] = 1.0 - melody_keep.float().mean()
-        return self(codes, frame_mask, text, text_mask, melody)
+            return self(codes, frame_mask, text, text_mask, melody)
+        return self(codes, frame_mask, text, text_mask)
 
     def _step_seed(self, batch_idx: int) -> int:
         index = self.trainer.fit_loop.epoch_loop.total_batch_idx if self._trainer is not None else batch_idx
