@@ -1,5 +1,8 @@
 """``python -m musiclit cache``: build the token cache of a dataset ahead of ``fit`` (same flags and configs).
 
+For MusicGen-melody models it also caches the melody (chroma) of every clip, drums and bass removed by Demucs
+(``--data.melody_separator``): the slow part, done once.
+
 Example::
 
     python -m musiclit cache --config configs/base.yaml --config configs/musicgen-small-lora.yaml \\
@@ -17,6 +20,8 @@ def main(argv: list[str]) -> int:
         return 0
     from musiclit.train.cli import build_token_cache
 
-    cache = build_token_cache(argv)
+    cache, melody = build_token_cache(argv, with_melody=True)
     print(f"token cache: {cache.folder} ({len(cache)} clips)")
+    if melody is not None:
+        print(f"melody chroma cache: {melody.folder} ({len(melody)} files)")
     return 0

@@ -5,6 +5,9 @@
 3. fine-tune it with LoRA through the same ``fit`` command users run (``configs/demo.yaml``),
    printing the training loss as it falls;
 4. generate a WAV with the fine-tune.
+
+``--melody`` does the same with a tiny MusicGen-melody model: it trains on the chroma of each clip (taken as it
+is: Demucs' pretrained weights would need a download) and generates following the melody of a clip.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/demo.yaml)")
     p.add_argument("--songs", type=int, default=16, help="synthesized songs (20 s each)")
     p.add_argument("--fresh", action="store_true", help="delete the output folder first (else resume)")
+    p.add_argument("--melody", action="store_true", help="a tiny MusicGen-melody model, generating to a melody")
     return p
 
 
@@ -44,6 +48,8 @@ def main(argv: list[str]) -> int:
 
     quiet_libraries()
     data, base, run = out / "data", out / "base-model", out / "run"
+    if args.melody:
+        base, run = out / "base-model-melody", out / "run-melody"
     if not (data / "manifest.jsonl").exists():
         from musiclit.data.synth import synthesize_dataset
 
@@ -54,8 +60,10 @@ def main(argv: list[str]) -> int:
     if not (base / "config.json").exists():
         from musiclit.model.musicgen import create_tiny_model_folder
 
-        print(f"[2/4] building a tiny MusicGen-architecture model in {base}", flush=True)
-        create_tiny_model_folder(base, seed=0, hidden_size=64, num_layers=4, num_heads=4, ffn_dim=256)
+        kind = "MusicGen-melody" if args.melody else "MusicGen"
+        print(f"[2/4] building a tiny {kind}-architecture model in {base}", flush=True)
+        create_tiny_model_folder(base, seed=0, hidden_size=64, num_layers=4, num_heads=4, ffn_dim=256,
+                                 melody=args.melody)  # fmt: skip
     else:
         print(f"[2/4] model found at {base}")
 
@@ -68,6 +76,8 @@ def main(argv: list[str]) -> int:
     ]  # fmt: skip
     if args.steps is not None:
         fit_args += ["--trainer.max_steps", str(args.steps)]
+    if args.melody:  # the chroma of the clips as they are (Demucs' pretrained weights would need a download)
+        fit_args += ["--data.melody_separator", "null"]
     if (run / "checkpoints" / "last.ckpt").exists():
         fit_args += ["--ckpt_path", "last"]
         print("[3/4] resuming the earlier demo run from its last checkpoint", flush=True)
@@ -83,8 +93,16 @@ def main(argv: list[str]) -> int:
     prompt = "calm ambient track with pad, bass and drums"
     generator = load_generator(adapter=str(run / "adapter"), device="cpu")
     params = GenerationParams(seconds=4.0, seed=0)
-    result = generator.generate([prompt], params)
-    wav = write_samples(generator, result, [prompt], params, out / "samples")[0]
+    melody_file = melody = None
+    if args.melody:
+        from musiclit.data.audio import read_audio
+
+        melody_file = str(sorted(data.rglob("*.wav"))[0])
+        melody = generator.encode_melody(read_audio(melody_file, generator.sample_rate, 1), generator.sample_rate)
+        print(f"      following the melody of {melody_file}", flush=True)
+    result = generator.generate([prompt], params, melody=melody)
+    samples = out / ("samples-melody" if args.melody else "samples")
+    wav = write_samples(generator, result, [prompt], params, samples, melody=melody_file)[0]
     ok = True
     if not report.losses:
         print("\nthe demo run had already finished its steps (use --fresh to train again from scratch)")

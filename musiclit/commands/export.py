@@ -21,7 +21,22 @@ def build_export_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("source", help="checkpoint (.ckpt), peft adapter folder, or (merged/audiocraft) a model folder")
+    p.add_argument(
+        "source", nargs="?", help="checkpoint (.ckpt), peft adapter folder, or (merged/audiocraft) a model folder"
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        help="instead of SOURCE: an adapter or checkpoint to mix; repeat for several fine-tunes of the same base",
+    )
+    p.add_argument(
+        "--adapter-scale",
+        type=float,
+        action="append",
+        help="strength of each --adapter (same order; default 1 each): the export holds the base plus each "
+        "adapter's weight change times its strength. peft format: plain LoRA only (a stacked adapter whose rank is "
+        "the sum of the ranks)",
+    )
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
     p.add_argument("--model", help="base model (default: the one the checkpoint/adapter names)")
@@ -70,12 +85,25 @@ def _print_folder(out: Path) -> None:
 
 def export(argv: list[str]) -> int:
     """Run ``export``."""
+    from musiclit.infer.export import ExportError
     from musiclit.infer.export import export as run_export
     from musiclit.io import quiet_libraries
+    from musiclit.model.mix import pair_strengths
 
     args = build_export_parser().parse_args(argv)
     quiet_libraries()
-    out = run_export(args.source, args.format, args.out, args.model, args.force, args.init_seed, args.segment_duration)
+    if args.source and args.adapter:
+        raise ExportError("give SOURCE or --adapter, not both")
+    sources = args.adapter if args.adapter else [args.source] if args.source else []
+    if not sources:
+        raise ExportError("give the checkpoint or adapter to export (SOURCE), or --adapter to mix several")
+    adapters, scales = pair_strengths(sources, args.adapter_scale)
+    # one fine-tune at full strength is exported as it is; anything else is a mix of weight changes
+    mix = None if len(adapters) == 1 and scales == [1.0] else list(zip(adapters, scales, strict=True))
+    out = run_export(
+        None if mix else adapters[0], args.format, args.out, args.model, args.force, args.init_seed,
+        args.segment_duration, mix,
+    )  # fmt: skip
     _print_folder(out)
     if args.format == "audiocraft":
         info = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))

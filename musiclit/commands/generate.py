@@ -6,6 +6,7 @@ import argparse
 
 from musiclit.infer.sampler import GenerateError, GenerationParams
 from musiclit.infer.samples import SampleRequest, read_prompts, request_from_json, run_request, write_samples
+from musiclit.model.mix import pair_strengths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="base or merged model: hub id, model folder or config .json "
         "(default: the base the adapter/checkpoint names)",
     )
-    src.add_argument("--adapter", help="peft adapter folder (run/adapter) or musiclit checkpoint (.ckpt)")
+    src.add_argument(
+        "--adapter",
+        action="append",
+        help="peft adapter folder (run/adapter) or musiclit checkpoint (.ckpt); repeat to mix several fine-tunes "
+        "of the same base, each at its own --adapter-scale",
+    )
     src.add_argument(
         "--adapter-scale",
         type=float,
-        default=d.adapter_scale,
-        help="adapter strength: 0 = base model, 1 = the fine-tune as trained",
+        action="append",
+        help=f"adapter strength: 0 = base model, 1 = the fine-tune as trained (default {d.adapter_scale}); with "
+        "several --adapter, one per adapter in the same order: the result is the base plus each adapter's weight "
+        "change times its strength",
     )
     src.add_argument("--init-seed", type=int, default=None, help="random-init seed of a config-file base")
     src.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -47,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     what.add_argument("--prompt-audio", help="an audio file to continue from (its last seconds, up to a window)")
     what.add_argument("--no-include-prompt", action="store_true", help="leave the audio prompt out of the output")
+    what.add_argument(
+        "--melody",
+        help="MusicGen-melody models: an audio file whose melody conditions the music (its chromagram, one pitch "
+        "class per 128 ms); longer music follows the melody on, and a shorter melody repeats",
+    )
+    what.add_argument(
+        "--melody-separator",
+        default="htdemucs",
+        help="Demucs model (pretrained name or local weights file) that removes drums and bass from the --melody "
+        "audio first, as in training; 'none' uses the file as it is",
+    )
     what.add_argument("--from-json", help="regenerate the sample described by a JSON this command wrote")
     samp = p.add_argument_group("sampling")
     samp.add_argument("--seconds", type=float, default=d.seconds, help="length of the new audio")
@@ -75,12 +94,13 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
         return request_from_json(args.from_json)
     prompts = read_prompts(args.prompt, args.prompts_file)
     if not prompts:
-        if not args.prompt_audio:
-            raise GenerateError("give --prompt TEXT, --prompts-file FILE or --prompt-audio FILE")
+        if not args.prompt_audio and not args.melody:
+            raise GenerateError("give --prompt TEXT, --prompts-file FILE, --prompt-audio FILE or --melody FILE")
         prompts = [""]
     if args.num_samples < 1:
         raise GenerateError(f"--num-samples must be >= 1, got {args.num_samples}")
     prompts = [p for p in prompts for _ in range(args.num_samples)]
+    adapters, scales = pair_strengths(args.adapter, args.adapter_scale)
     params = GenerationParams(
         seconds=args.seconds,
         guidance_scale=args.guidance_scale,
@@ -88,7 +108,7 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
         top_p=args.top_p,
         temperature=args.temperature,
         seed=args.seed,
-        adapter_scale=args.adapter_scale,
+        adapter_scale=scales[0] if len(adapters) <= 1 else 1.0,
         window_seconds=args.window,
         context_seconds=args.context,
         include_prompt=not args.no_include_prompt,
@@ -98,10 +118,13 @@ def request_from_args(args: argparse.Namespace) -> SampleRequest:
         seeds=[args.seed + i for i in range(len(prompts))],
         params=params,
         model=args.model,
-        adapter=args.adapter,
+        adapter=adapters[0] if len(adapters) == 1 else None,
         init_seed=args.init_seed,
         prompt_audio=args.prompt_audio,
-        full_scale=args.adapter_scale,
+        full_scale=scales[0] if len(adapters) == 1 else 1.0,
+        mix=list(zip(adapters, scales, strict=True)) if len(adapters) > 1 else [],
+        melody=args.melody,
+        melody_separator=None if not args.melody or args.melody_separator.lower() == "none" else args.melody_separator,
     )
 
 
@@ -114,10 +137,22 @@ def main(argv: list[str]) -> int:
     formats = ["wav", "flac"] if args.format == "both" else [args.format]
     request = request_from_args(args)
     request.params.check()
-    gen, result, elapsed = run_request(request, args.device, args.dtype, args.batch_size)
+    separator = None
+    if request.melody and request.melody_separator:
+        from musiclit.prep.vocals import VocalsError, load_demucs
+
+        try:
+            separator = load_demucs(request.melody_separator)
+        except VocalsError as err:
+            raise GenerateError(
+                f"--melody-separator {request.melody_separator}: {err} (here: --melody-separator FILE, or none to "
+                "take the melody's chroma as it is)"
+            ) from None
+    gen, result, elapsed = run_request(request, args.device, args.dtype, args.batch_size, separator)
     paths = write_samples(
-        gen, result, request.prompts, request.params, args.out, formats, prompt_audio=request.prompt_audio
-    )
+        gen, result, request.prompts, request.params, args.out, formats, prompt_audio=request.prompt_audio,
+        melody=request.melody, melody_separator=request.melody_separator,
+    )  # fmt: skip
     seconds = result.audio.shape[-1] / result.sample_rate
     n = len(request.prompts)
     print(

@@ -186,8 +186,8 @@ class TokenCache:
             moved = True
         writer = _ShardWriter(self.folder)
         try:
-            bar = tqdm(todo.items(), total=len(todo), desc=f"token cache ({tokenizer.id[:8]})", unit="clip",
-                       disable=not progress, leave=False)  # fmt: skip
+            desc = getattr(tokenizer, "label", None) or f"token cache ({tokenizer.id[:8]})"
+            bar = tqdm(todo.items(), total=len(todo), desc=desc, unit="clip", disable=not progress, leave=False)
             for key, path in bar:
                 stat = self._stat(path)
                 codes = tokenizer.encode(read(path))

@@ -45,6 +45,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "song_id": _STR,
     "chunk_index": (int,),
     "offset_s": _NUM,
+    "melody_path": _STR,
 }
 _LIST_FIELDS = ("instruments", "keywords")
 
@@ -70,6 +71,8 @@ class Caption:
         song_id: Identifier of the song the clip was cut from (train/validation split key).
         chunk_index: Index of the clip within its song.
         offset_s: Start of the clip within its song, in seconds.
+        melody_path: MusicGen-melody only: the audio file whose melody (chroma) conditions this clip, relative
+            to the caption JSON's folder (or absolute). Default: the clip itself, drums and bass removed.
         extra: Unknown fields found in the file, kept so that a load/save round trip loses nothing.
     """
 
@@ -86,6 +89,7 @@ class Caption:
     song_id: str | None = None
     chunk_index: int | None = None
     offset_s: float | None = None
+    melody_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ validation / IO

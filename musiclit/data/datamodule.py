@@ -42,6 +42,10 @@ class MusicDataModule(L.LightningDataModule):
         cache_verify: Re-hash every audio file instead of trusting an unchanged (path, size, mtime).
         bucket_by_length: Put clips of similar length into the same training batch (with the token cache,
             batches are trimmed to their longest crop, so short clips then cost less padding).
+        melody_separator: MusicGen-melody only: the Demucs model (a pretrained name such as "htdemucs", or a
+            local weights file) that removes drums and bass from the conditioning audio before its chroma is
+            taken, as MusicGen-melody's recipe does; null takes the chroma of the audio as it is. Run once per
+            file: the chroma is cached beside the tokens (``<cache>/melody-<id>/``, keyed by file content).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class MusicDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         cache_verify: bool = False,
         bucket_by_length: bool = True,
+        melody_separator: str | None = "htdemucs",
     ) -> None:
         super().__init__()
         if not 0.0 < min_segment_ratio <= 1.0:
@@ -82,6 +87,9 @@ class MusicDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.cache_verify = cache_verify
         self.bucket_by_length = bucket_by_length
+        self.melody_separator = melody_separator
+        self.melody_chroma: Any = None
+        self.melody_cache: Any = None
         self.tokenizer: Any = None
         self.cache: Any = None
         self.train_set: ClipDataset | None = None
@@ -93,6 +101,49 @@ class MusicDataModule(L.LightningDataModule):
         Under the trainer this is not needed: ``setup()`` takes the codec of the LightningModule.
         """
         self.tokenizer = tokenizer
+
+    def attach_melody(self, melody_chroma: Any) -> None:
+        """Give the data module a melody model's chroma extractor (:class:`musiclit.model.melody.MelodyChroma`):
+        items then carry the melody of their crop. Under the trainer ``setup()`` asks the LightningModule."""
+        self.melody_chroma = melody_chroma
+
+    def _find_melody(self) -> Any:
+        if self.melody_chroma is None and getattr(self, "trainer", None) is not None:
+            module = self.trainer.lightning_module
+            if module is not None and getattr(module, "melody", False):
+                self.melody_chroma = module.melody_tokenizer(self.melody_separator)
+        return self.melody_chroma
+
+    def _melody_sources(self, train: list[Any], valid: list[Any], root: Any) -> list[Any]:
+        """The cached melody of every clip (``melody_path`` from its caption, else the clip itself), computed once
+        per file; one :class:`~musiclit.data.tokens.MelodySource` for the training and one for the validation clips."""
+        from musiclit.data.audio import read_audio
+        from musiclit.data.cache import TokenCache
+        from musiclit.data.caption import Caption
+        from musiclit.data.tokens import MelodySource
+        from musiclit.model.melody import frames_for
+
+        data_root = Path(self.data_dir)
+        paths = []
+        for entry in train + valid:
+            caption_path = entry.caption_path(data_root)
+            melody = Caption.load(caption_path).melody_path if caption_path.is_file() else None
+            path = (caption_path.parent / melody) if melody else data_root / entry.path
+            if not path.is_file():
+                raise ManifestError(f"{caption_path}: melody_path {melody}: no such audio file ({path})")
+            paths.append(path)
+        chroma = self.melody_chroma
+        self.melody_cache = TokenCache(root, chroma.id)
+
+        def read(path: Path) -> Any:
+            return read_audio(path, chroma.sample_rate, chroma.channels)
+
+        keys = self.melody_cache.build(paths, chroma, read, verify=self.cache_verify)
+        frames = frames_for(self.segment_duration)
+        return [
+            MelodySource(self.melody_cache, keys[: len(train)], chroma.frame_rate, frames),
+            MelodySource(self.melody_cache, keys[len(train) :], chroma.frame_rate, frames),
+        ]
 
     def _find_tokenizer(self) -> Any:
         if self.tokenizer is None and getattr(self, "trainer", None) is not None:
@@ -156,6 +207,12 @@ class MusicDataModule(L.LightningDataModule):
             "min_segment_ratio": self.min_segment_ratio,
         }
         tokenizer = self._find_tokenizer() if self.token_cache else None
+        melody = self._find_melody()
+        if melody is not None and tokenizer is None:
+            raise ConfigError(
+                "a MusicGen-melody model trains from the token cache (its melodies are cached beside the tokens): "
+                "set data.token_cache true"
+            )
         if tokenizer is not None:
             # a standalone data module (no trainer, no codec attached) serves audio instead
             from musiclit.data.tokens import TokenClipDataset
@@ -164,13 +221,17 @@ class MusicDataModule(L.LightningDataModule):
             self.cache, keys = self._cache_keys(tokenizer, paths, encode=not self._distributed())
             extra = {"cache": self.cache, "frame_rate": tokenizer.frame_rate,
                      "special_token": tokenizer.special_token}  # fmt: skip
+            melodies: list[Any] = [None, None]
+            if melody is not None:
+                melodies = self._melody_sources(train, valid, root)
             self.train_set = TokenClipDataset(
                 keys=keys[: len(train)], entries=train, random_crop=True, caption_dropout=self.caption_dropout,
-                seed=self.seed, **extra, **common,
+                seed=self.seed, melody=melodies[0], **extra, **common,
             )  # fmt: skip
             self.valid_set = TokenClipDataset(
-                keys=keys[len(train) :], entries=valid, random_crop=False, caption_dropout=None, **extra, **common
-            )
+                keys=keys[len(train) :], entries=valid, random_crop=False, caption_dropout=None, melody=melodies[1],
+                **extra, **common,
+            )  # fmt: skip
             return
         self.train_set = ClipDataset(
             entries=train, random_crop=True, caption_dropout=self.caption_dropout, seed=self.seed, **common

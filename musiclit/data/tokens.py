@@ -29,17 +29,45 @@ from musiclit.data.datasets import ClipDataset
 
 
 def collate_tokens(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack codes (B, K, T) and frame_mask (B, T), trimmed to the longest real crop of the batch."""
+    """Stack codes (B, K, T) and frame_mask (B, T), trimmed to the longest real crop of the batch (and the melody
+    pitch classes (B, Tc) of melody datasets, never trimmed: the model reads a fixed number of melody frames)."""
     mask = torch.stack([it["frame_mask"] for it in items])
     real = mask.any(0).nonzero()
     length = int(real[-1]) + 1 if len(real) else 1
-    return {
+    batch = {
         "codes": torch.stack([it["codes"] for it in items])[..., :length],
         "frame_mask": mask[:, :length],
         "captions": [it["caption"] for it in items],
         "index": torch.tensor([it["index"] for it in items]),
         "offset": torch.tensor([it["offset"] for it in items], dtype=torch.float64),
     }
+    if "melody" in items[0]:
+        batch["melody"] = torch.stack([it["melody"] for it in items])
+    return batch
+
+
+class MelodySource:
+    """The cached melody (pitch class per chroma frame) of each clip, cut to the training crop.
+
+    Args:
+        cache: The chroma cache (a :class:`TokenCache` of a :class:`~musiclit.model.melody.MelodyChroma`).
+        keys: Each clip's melody key in it (of the clip itself, or of its caption's ``melody_path``).
+        frame_rate: Chroma frames per second (7.8125).
+        frames: Frames per example (the chroma of one segment: 235 for 30 s).
+    """
+
+    def __init__(self, cache: TokenCache, keys: list[str], frame_rate: float, frames: int) -> None:
+        missing = [k for k in keys if k not in cache]
+        if missing:
+            raise ValueError(f"{len(missing)} melodies are not in the chroma cache {cache.folder}")
+        self.cache, self.keys, self.frame_rate, self.frames = cache, list(keys), frame_rate, frames
+
+    def crop(self, index: int, start: float) -> torch.Tensor:
+        """(frames,) pitch classes from ``start`` seconds: the melody repeated end to end when it runs out."""
+        from musiclit.model.melody import window
+
+        classes = np.asarray(self.cache.get(self.keys[index])[0], dtype=np.int64)
+        return torch.from_numpy(window(classes, int(round(start * self.frame_rate)), self.frames))
 
 
 class TokenClipDataset(ClipDataset):
@@ -50,11 +78,22 @@ class TokenClipDataset(ClipDataset):
         keys: Each entry's content key in the cache.
         frame_rate: Codec frames per second.
         special_token: The id used for padding frames.
+        melody: Melody models: each clip's cached melody (items then hold ``melody``, (Tc,) pitch classes of the
+            crop's time span).
         **kwargs: :class:`ClipDataset` arguments (root, entries, segment_duration, ...).
     """
 
-    def __init__(self, cache: TokenCache, keys: list[str], frame_rate: int, special_token: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        cache: TokenCache,
+        keys: list[str],
+        frame_rate: int,
+        special_token: int,
+        melody: MelodySource | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.melody = melody
         if len(keys) != len(self.entries):
             raise ValueError(f"{len(keys)} cache keys for {len(self.entries)} clips")
         missing = [e.path for e, k in zip(self.entries, keys, strict=True) if k not in cache]
@@ -87,10 +126,13 @@ class TokenClipDataset(ClipDataset):
         mask = np.zeros(self.segment_frames, dtype=bool)
         mask[:real] = True
         text = compose_caption(self.captions[index], rng if self.caption_dropout else None, self.caption_dropout)
-        return {
+        item = {
             "codes": torch.from_numpy(codes),
             "frame_mask": torch.from_numpy(mask),
             "caption": text,
             "index": index,
             "offset": start,
         }
+        if self.melody is not None:
+            item["melody"] = self.melody.crop(index, start)
+        return item

@@ -41,14 +41,36 @@ def _marker(folder: Path, **info: Any) -> None:
 
 
 def _merged_model(ft: Any) -> Any:
-    """The plain transformers model with LoRA merged in (full/plain models as they are)."""
+    """The plain transformers model with LoRA merged in (full/plain models and mixes as they are)."""
     if ft.kind == "lora":
         return ft.model.merge_and_unload(safe_merge=True)
     return ft.model
 
 
+def _sources(ft: Any) -> Any:
+    """What the export came from: the adapter/checkpoint, or each mixed one with its strength."""
+    if ft.kind == "mix":
+        return [{"path": p, "scale": s} for p, s in zip(ft.extra["sources"], ft.extra["scales"], strict=True)]
+    return ft.adapter_source
+
+
 def export_peft(ft: Any, out: str | Path, force: bool = False) -> Path:
-    """Write ``ft``'s LoRA adapter in peft's layout (safetensors)."""
+    """Write ``ft``'s LoRA adapter in peft's layout (safetensors); a plain-LoRA mix as one stacked adapter."""
+    if ft.kind == "mix":
+        from safetensors.torch import save_file
+
+        from musiclit.model.finetune import FineTuneError
+        from musiclit.model.mix import cat_adapter
+
+        try:
+            config, weights = cat_adapter(ft)
+        except FineTuneError as err:
+            raise ExportError(str(err)) from None
+        with atomic_folder(out, force) as tmp:
+            config.save_pretrained(str(tmp))
+            save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            _marker(tmp, format="peft", source=_sources(ft), base=ft.base_source, init_seed=ft.init_seed)
+        return Path(out)
     if ft.kind != "lora":
         raise ExportError(
             f"{ft.adapter_source or ft.base_source}: a {'full fine-tune' if ft.kind == 'full' else 'model'} "
@@ -71,7 +93,7 @@ def export_merged(ft: Any, out: str | Path, force: bool = False) -> Path:
     model = _merged_model(ft).float()
     with atomic_folder(out, force) as tmp:
         save_model_folder(model, ft.loaded.tokenizer, tmp)
-        _marker(tmp, format="merged", source=ft.adapter_source, base=ft.base_source, init_seed=ft.init_seed)
+        _marker(tmp, format="merged", source=_sources(ft), base=ft.base_source, init_seed=ft.init_seed)
     return Path(out)
 
 
@@ -108,7 +130,7 @@ def export_audiocraft(ft: Any, out: str | Path, force: bool = False, segment_dur
     with atomic_folder(out, force) as tmp:
         torch.save(pkg, tmp / "state_dict.bin")
         torch.save(codec, tmp / "compression_state_dict.bin")
-        _marker(tmp, format="audiocraft", source=ft.adapter_source, base=ft.base_source, init_seed=ft.init_seed)
+        _marker(tmp, format="audiocraft", source=_sources(ft), base=ft.base_source, init_seed=ft.init_seed)
     return Path(out)
 
 
@@ -153,10 +175,9 @@ def import_audiocraft(
 ) -> Path:
     """Build a transformers MusicGen folder from an audiocraft-format LM plus a base's text encoder and codec."""
     import torch
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
 
-    from musiclit.model.audiocraft import AudiocraftFormatError, decoder_sizes, from_audiocraft
-    from musiclit.model.musicgen import ModelLoadError, describe, load_musicgen, save_model_folder
+    from musiclit.model.audiocraft import CHROMA_AC, AudiocraftFormatError, decoder_sizes, from_audiocraft
+    from musiclit.model.musicgen import ModelLoadError, describe, load_musicgen, model_classes, save_model_folder
 
     folder = Path(folder)
     best, cfg = read_audiocraft(folder, trust_pickle)
@@ -169,14 +190,22 @@ def import_audiocraft(
     except ModelLoadError as err:
         raise ExportError(f"{base}: cannot load the base model for its text encoder and codec: {err}") from None
     base_model = loaded.model
+    melody = any(k.startswith(CHROMA_AC) for k in best)
+    if melody != loaded.melody:
+        raise ExportError(
+            f"{folder}: a {'melody' if melody else 'text-only'} MusicGen, but the base '{base}' is "
+            f"{'a melody model' if loaded.melody else 'not a melody model'}: give a base of the same kind "
+            "(e.g. facebook/musicgen-melody for a melody fine-tune)"
+        )
     config_dict = base_model.config.to_dict()
     config_dict["decoder"].update(sizes)
     channels = int(cfg.get("channels", 1) or 1)
     config_dict["decoder"]["audio_channels"] = channels
-    config = MusicgenConfig.from_dict(config_dict)
+    config_class, model_class = model_classes(base_model.config.model_type)
+    config = config_class.from_dict(config_dict)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = MusicgenForConditionalGeneration(config)
+        model = model_class(config)
     try:
         mapped = from_audiocraft(best, sizes["hidden_size"])
     except AudiocraftFormatError as err:
@@ -201,7 +230,7 @@ def import_audiocraft(
                 f"{folder}: weight {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)} "
                 f"(does the base '{base}' text encoder match the one it was trained with?)"
             )
-    want = {k for k in target if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    want = {k for k in target if k.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))}
     missing = sorted(want - set(mapped))
     if missing:
         raise ExportError(f"{folder}: {len(missing)} decoder weights are missing (e.g. {missing[0]})")
@@ -217,15 +246,20 @@ def import_audiocraft(
 
 
 def export(
-    source: str,
+    source: str | None,
     fmt: str,
     out: str | Path,
     model: str | None = None,
     force: bool = False,
     init_seed: int | None = None,
     segment_duration: float = 30.0,
+    mix: list[tuple[str, float]] | None = None,
 ) -> Path:
-    """Export a checkpoint/adapter (or a model folder, for merged/audiocraft) to ``fmt``; see the module doc."""
+    """Export a checkpoint/adapter (or a model folder, for merged/audiocraft) to ``fmt``; see the module doc.
+
+    ``mix`` (``[(adapter, strength), ...]``, with ``source`` None) exports several fine-tunes of one base mixed
+    at their strengths (:func:`musiclit.model.mix.load_mix`).
+    """
     from musiclit.model.finetune import load_finetune
 
     if fmt not in FORMATS:
@@ -233,6 +267,13 @@ def export(
     out = Path(out)
     if out.exists() and not force:  # fail before loading anything
         raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
+    if mix:
+        from musiclit.model.mix import load_mix
+
+        ft = load_mix([m[0] for m in mix], [m[1] for m in mix], model, init_seed)
+        return _write(ft, fmt, out, force, segment_duration)
+    if source is None:
+        raise ExportError("give the checkpoint or adapter to export (or several --adapter to mix)")
     path = Path(source).expanduser()
     is_model_folder = path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").exists()
     if is_model_folder:
@@ -241,6 +282,10 @@ def export(
         if not path.exists():
             raise ExportError(f"{path}: no such checkpoint file or adapter folder")
         ft = load_finetune(model=model, adapter=str(path), init_seed=init_seed)
+    return _write(ft, fmt, out, force, segment_duration)
+
+
+def _write(ft: Any, fmt: str, out: Path, force: bool, segment_duration: float) -> Path:
     if fmt == "peft":
         return export_peft(ft, out, force)
     if fmt == "merged":

@@ -22,6 +22,11 @@ How it works (and why it is not just ``model.generate``):
 * The adapter strength scales every LoRA update (0 = base model, 1 = the fine-tune as trained); for a
   full fine-tune checkpoint it interpolates the weights between base and fine-tune.
 * On a GPU the decoder runs in half precision (the codec and text encoder stay float32).
+* MusicGen-melody models take a melody (:meth:`Generator.encode_melody`: one pitch class per chroma frame of an
+  audio file, drums and bass removed first when a Demucs model is given): each window is conditioned on the
+  melody's frames from the window's start time on (the melody repeated end to end when it is shorter), so
+  audio past 30 s follows the melody's next stretch. Without a melody they generate from text alone (the
+  "no melody" condition). Guidance's unconditional branch has neither text nor melody, as in transformers.
 """
 
 from __future__ import annotations
@@ -164,6 +169,8 @@ class Generator:
         base = finetune.base
         base.eval()
         self.max_positions = int(base.config.decoder.max_position_embeddings)
+        self.melody = bool(getattr(loaded, "melody", False))
+        self.chroma_length = int(getattr(loaded, "chroma_length", 0))
         self._decoder = base.decoder.model.decoder
         import inspect
 
@@ -185,16 +192,20 @@ class Generator:
     # ------------------------------------------------------------------ adapter strength
     @contextlib.contextmanager
     def adapter_strength(self, scale: float) -> Iterator[None]:
-        """Scale every LoRA update by ``scale`` inside the block (0: the base model exactly)."""
+        """Scale every adapter's weight change by ``scale`` inside the block (0: the base model exactly).
+
+        Plain LoRA: its ``scaling`` is multiplied (the change ``scaling * B @ A`` is linear in it). DoRA: the
+        change is ``m / ||W + scaling * B @ A|| * (W + scaling * B @ A) - W`` (scaling sits inside a norm), so the
+        DoRA branch's output, which is exactly that change applied to the input, is multiplied instead.
+        """
         from peft.tuners.lora import LoraLayer
 
         if self.finetune.kind != "lora":
             if scale != self.finetune.full_scale:
-                what = (
-                    "a full fine-tune: give its strength when loading (load_generator(..., adapter_scale=s))"
-                    if self.finetune.kind == "full"
-                    else "no adapter (a base or merged model)"
-                )
+                what = {
+                    "full": "a full fine-tune: give its strength when loading (load_generator(..., adapter_scale=s))",
+                    "mix": "a mix of adapters: each one's strength was given when loading (--adapter-scale)",
+                }.get(self.finetune.kind, "no adapter (a base or merged model)")
                 raise GenerateError(f"adapter strength {scale} needs a LoRA adapter; this is {what}")
             yield
             return
@@ -202,15 +213,25 @@ class Generator:
             with self.model.disable_adapter():
                 yield
             return
-        saved = []
+        saved, hooks = [], []
+
+        def scaled(module: Any, args: Any, output: Any) -> Any:
+            return output * scale
+
         for module in self.base.modules():
             if isinstance(module, LoraLayer):
+                dora = getattr(module, "lora_magnitude_vector", None) or {}
+                if scale != 1.0:
+                    hooks.extend(dora[name].register_forward_hook(scaled) for name in dora)
                 saved.append((module, dict(module.scaling)))
                 for name in module.scaling:
-                    module.scaling[name] = module.scaling[name] * scale
+                    if name not in dora:
+                        module.scaling[name] = module.scaling[name] * scale
         try:
             yield
         finally:
+            for hook in hooks:
+                hook.remove()
             for module, scaling in saved:
                 module.scaling.clear()
                 module.scaling.update(scaling)
@@ -267,6 +288,53 @@ class Generator:
             hop = self.sample_rate // self.frame_rate
             return decode_audio(self.base.audio_encoder, codes, self.audio_channels, hop)
 
+    def encode_melody(self, wav: Any, sample_rate: int, separator: Any = None) -> Any:
+        """Pitch classes (Tm,) int64 of a melody: (C, S) audio at ``sample_rate`` (drums and bass removed by the
+        Demucs ``separator`` first when one is given; it then must be at the separator's rate)."""
+        import numpy as np
+
+        from musiclit.data.audio import resample
+        from musiclit.model.melody import SAMPLE_RATE, MelodyChroma, pitch_classes
+
+        if not self.melody:
+            raise GenerateError("a melody needs a MusicGen-melody model (e.g. facebook/musicgen-melody)")
+        wav = np.asarray(wav, dtype=np.float32)
+        if separator is not None:
+            chroma = MelodyChroma(separator, resample)
+            if sample_rate != chroma.sample_rate:
+                wav = resample(wav, sample_rate, chroma.sample_rate)
+            return pitch_classes(chroma.conditioning_audio(wav), SAMPLE_RATE).astype(np.int64)
+        mono = wav.mean(0, keepdims=True) if wav.ndim == 2 else wav[None]
+        return pitch_classes(resample(mono, sample_rate, SAMPLE_RATE)[0], SAMPLE_RATE).astype(np.int64)
+
+    def melody_window(self, classes: Any, start_frame: int, bsz: int) -> Any:
+        """(B, chroma_length, 12) one-hot melody for a window starting at codec frame ``start_frame`` of the output
+        (None: no melody, class 0 everywhere)."""
+        import torch
+
+        from musiclit.model.melody import frame_rate, onehot, window
+
+        if classes is None:
+            return onehot(torch.zeros((bsz, 1), dtype=torch.long)).to(self.device)
+        first = int(round(start_frame / self.frame_rate * frame_rate(self.sample_rate)))
+        one = torch.from_numpy(window(classes, first, self.chroma_length))
+        return onehot(one[None].expand(bsz, -1)).to(self.device)
+
+    def _melody_prefix(self, enc: Any, enc_mask: Any, melody: Any, guided: bool) -> Any:
+        """``[melody states, masked text states]`` (rows: conditional, then the unconditional ones when guided)."""
+        import torch
+
+        from musiclit.model.melody import melody_states
+
+        bsz = enc.shape[0]
+        states = melody_states(self.base, melody if melody is not None else self.melody_window(None, 0, bsz))
+        text = enc * enc_mask[..., None].to(enc.dtype)
+        prefix = torch.cat([states.to(self.dtype), text], dim=1)
+        if guided:
+            null = melody_states(self.base, self.melody_window(None, 0, bsz)).to(self.dtype)
+            prefix = torch.cat([prefix, torch.cat([null, torch.zeros_like(text)], dim=1)])
+        return prefix
+
     # ------------------------------------------------------------------ the sampling loop
     def _forward(self, ids: Any, enc: Any, mask: Any, cache: Any) -> tuple[Any, Any]:
         kwargs = {self._cache_kw: cache} if cache is not None else {}
@@ -286,6 +354,7 @@ class Generator:
         params: GenerationParams,
         generators: Sequence[Any],
         prompt: Any | None = None,
+        melody: Any | None = None,
     ) -> Any:
         """Generate one window of ``frames`` frames (the first ``prompt.shape[-1]`` of them given).
 
@@ -295,6 +364,7 @@ class Generator:
             params: Sampling parameters.
             generators: One CPU ``torch.Generator`` per row (each sample's own random stream).
             prompt: (B, K, P) codes to continue, P < frames, or None.
+            melody: Melody models: (B, Tc, 12) one-hot melody of this window (:meth:`melody_window`), or None.
 
         Returns:
             (B, K, frames) codes.
@@ -322,17 +392,24 @@ class Generator:
         steps = length - start
         uniforms = torch.stack([torch.rand((steps, num_cb), generator=g) for g in generators]).to(self.device)
         guided = params.guidance_scale != 1.0
-        if guided:
-            enc = torch.cat([enc, torch.zeros_like(enc)])
-            enc_mask = torch.cat([enc_mask, torch.zeros_like(enc_mask)])
-        rows = enc.shape[0]
         heads = self.base.decoder.lm_heads
         inputs = seq[:, :, :start]
         cache = None
         with torch.inference_mode(), self.adapter_strength(params.adapter_scale):
+            prefix = self._melody_prefix(enc, enc_mask, melody, guided) if self.melody else None
+            if guided:
+                enc = torch.cat([enc, torch.zeros_like(enc)])
+                enc_mask = torch.cat([enc_mask, torch.zeros_like(enc_mask)])
+            rows = enc.shape[0]
             for i, pos in enumerate(range(start, length)):
                 ids = torch.cat([inputs, inputs]) if guided else inputs
-                hidden, cache = self._forward(ids.reshape(rows * num_cb, -1), enc, enc_mask, cache)
+                if prefix is not None:  # prepended once; the KV cache holds it afterwards
+                    hidden, cache = self._forward(ids.reshape(rows * num_cb, -1), prefix, None, cache)
+                    prefix = None
+                elif self.melody:
+                    hidden, cache = self._forward(ids.reshape(rows * num_cb, -1), None, None, cache)
+                else:
+                    hidden, cache = self._forward(ids.reshape(rows * num_cb, -1), enc, enc_mask, cache)
                 logits = torch.stack([head(hidden) for head in heads], dim=1).float()  # (rows, K, V)
                 if guided:
                     cond, uncond = logits.split(bsz)
@@ -350,6 +427,7 @@ class Generator:
         params: GenerationParams,
         seeds: Sequence[int] | None = None,
         prompt_codes: Any | None = None,
+        melody: Any | None = None,
     ) -> Any:
         """Codes (B, K, P + new) for one batch: windowed continuation beyond ``params.window_seconds``.
 
@@ -358,6 +436,8 @@ class Generator:
             params: The parameters.
             seeds: One seed per sample (default ``params.seed + i``).
             prompt_codes: (K, P) or (B, K, P) codes to continue (an audio prompt), or None.
+            melody: Melody models: (Tm,) pitch classes (:meth:`encode_melody`); each window reads them from its
+                start time on (the audio prompt's start is time 0). None: no melody.
         """
         import torch
 
@@ -386,8 +466,9 @@ class Generator:
                 raise GenerateError(
                     f"--context ({params.context_seconds} s) must be shorter than --window ({params.window_seconds} s)"
                 )
+            mel = self.melody_window(melody, codes.shape[-1] - ctx.shape[-1], bsz) if self.melody else None
             out = self.sample_window(
-                enc, enc_mask, ctx.shape[-1] + new, params, generators, ctx if ctx.shape[-1] else None
+                enc, enc_mask, ctx.shape[-1] + new, params, generators, ctx if ctx.shape[-1] else None, mel
             )
             codes = torch.cat([codes, out[..., ctx.shape[-1] :]], dim=-1)
             done += new
@@ -401,6 +482,7 @@ class Generator:
         seeds: Sequence[int] | None = None,
         prompt_audio: Any | None = None,
         batch_size: int = 8,
+        melody: Any | None = None,
     ) -> GenerationResult:
         """Generate one sample per prompt (repeat a prompt for several samples), in batches.
 
@@ -410,6 +492,7 @@ class Generator:
             seeds: One seed per sample (default ``params.seed + i``).
             prompt_audio: (C, S) audio at the model's sample rate to continue, or None.
             batch_size: Samples per forward pass.
+            melody: Melody models: (Tm,) pitch classes from :meth:`encode_melody`, or None.
         """
         import torch
 
@@ -420,12 +503,27 @@ class Generator:
         prompt_codes = self.encode_audio(prompt_audio) if prompt_audio is not None else None
         window = round(params.window_seconds * self.frame_rate)
         pf = 0 if prompt_codes is None else min(prompt_codes.shape[-1], window - 1)
-        all_codes = []
-        for i in range(0, len(prompts), max(1, batch_size)):
-            all_codes.append(
-                self.generate_codes(prompts[i : i + batch_size], params, seeds[i : i + batch_size], prompt_codes)
+        if melody is not None and not self.melody:
+            raise GenerateError("a melody needs a MusicGen-melody model (e.g. facebook/musicgen-melody)")
+        order, lengths = list(range(len(prompts))), [0] * len(prompts)
+        if self.melody:
+            # a melody model attends to text padding (zero vectors, as in its training): batch prompts of equal
+            # token length only, so that a sample never depends on the other prompts of its batch
+            lengths = [len(self.tokenizer(p, truncation=True)["input_ids"]) if p.strip() else 1 for p in prompts]
+            order.sort(key=lambda i: lengths[i])
+        batches = []
+        for i in order:
+            if batches and len(batches[-1]) < max(1, batch_size) and lengths[batches[-1][0]] == lengths[i]:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        codes_of: dict[int, Any] = {}
+        for batch in batches:
+            out = self.generate_codes(
+                [prompts[i] for i in batch], params, [seeds[i] for i in batch], prompt_codes, melody
             )
-        codes = torch.cat(all_codes)
+            codes_of.update(zip(batch, out, strict=True))
+        codes = torch.stack([codes_of[i] for i in range(len(prompts))])
         # one sample at a time: the codec's numerics then do not depend on the batch (exact regeneration)
         audio = torch.cat([self.decode(codes[i : i + 1]) for i in range(codes.shape[0])])
         return GenerationResult(audio, codes.cpu(), self.sample_rate, seeds, pf if params.include_prompt else 0)
@@ -433,15 +531,26 @@ class Generator:
 
 def load_generator(
     model: str | None = None,
-    adapter: str | None = None,
+    adapter: str | Sequence[str] | None = None,
     device: str = "auto",
     dtype: str = "auto",
     init_seed: int | None = None,
-    adapter_scale: float = 1.0,
+    adapter_scale: float | Sequence[float] = 1.0,
 ) -> Generator:
     """Load a model (+ adapter) for generation; see :func:`load_finetune` and :class:`Generator`.
 
-    ``adapter_scale`` matters here only for a full fine-tune checkpoint (weights interpolated at load);
-    LoRA strength is a per-call parameter (``GenerationParams.adapter_scale``).
+    ``adapter_scale`` matters here only for a full fine-tune checkpoint (weights interpolated at load) and for
+    several adapters (a list of adapters and one strength each: :func:`musiclit.model.mix.load_mix`); the
+    strength of a single LoRA adapter is a per-call parameter (``GenerationParams.adapter_scale``).
     """
+    if adapter is not None and not isinstance(adapter, str):
+        adapters = list(adapter)
+        scales = [adapter_scale] * len(adapters) if isinstance(adapter_scale, (int, float)) else list(adapter_scale)
+        if len(adapters) > 1:
+            from musiclit.model.mix import load_mix
+
+            return Generator(load_mix(adapters, scales, model, init_seed), device, dtype)
+        adapter, adapter_scale = (adapters[0] if adapters else None), (scales[0] if scales else 1.0)
+    if not isinstance(adapter_scale, (int, float)):
+        raise GenerateError("one adapter takes one strength")
     return Generator(load_finetune(model, adapter, init_seed, full_scale=adapter_scale), device, dtype)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from musiclit.infer.sampler import GenerateError, GenerationParams, GenerationResult, Generator
 from musiclit.io import atomic_write_json, file_sha256
@@ -30,6 +31,11 @@ class SampleRequest:
         init_seed: Random-init seed of a config-file base (None: the checkpoint's, else 0).
         prompt_audio: An audio file to continue from, or None.
         full_scale: For a full fine-tune checkpoint: weights interpolated at load (0 = base, 1 = tuned).
+        mix: Several adapters/checkpoints mixed at load, ``[(source, strength), ...]`` (then ``adapter`` is
+            None): the base plus each one's weight change times its strength.
+        melody: MusicGen-melody: an audio file whose melody (chroma) conditions the music, or None.
+        melody_separator: The Demucs model (name or weights file) that removed drums and bass from the melody
+            audio first, or None (the file as it is).
     """
 
     prompts: list[str]
@@ -40,6 +46,9 @@ class SampleRequest:
     init_seed: int | None = None
     prompt_audio: str | None = None
     full_scale: float = 1.0
+    mix: list[tuple[str, float]] = field(default_factory=list)
+    melody: str | None = None
+    melody_separator: str | None = None
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -72,6 +81,8 @@ def write_samples(
     formats: Sequence[str] = ("wav",),
     sample_offset: int = 0,
     prompt_audio: str | None = None,
+    melody: str | None = None,
+    melody_separator: str | None = None,
 ) -> list[Path]:
     """Write each sample as WAV/FLAC with a JSON beside it holding the prompt, seed and every parameter."""
     from musiclit import __version__
@@ -83,6 +94,10 @@ def write_samples(
     audio_info = None
     if prompt_audio:
         audio_info = {"path": str(Path(prompt_audio).resolve()), "sha256": file_sha256(prompt_audio)}
+    melody_info = None
+    if melody:
+        melody_info = {"path": str(Path(melody).resolve()), "sha256": file_sha256(melody),
+                       "separator": melody_separator}  # fmt: skip
     for i, (prompt, seed) in enumerate(zip(prompts, result.seeds, strict=False)):
         stem = f"{sample_offset + i:03d}-{_slug(prompt)}-seed{seed}"
         files = []
@@ -101,8 +116,13 @@ def write_samples(
             "model": ft.base_source,
             "adapter": ft.adapter_source,
             "adapter_kind": ft.kind,
+            "adapters": [
+                {"path": src, "scale": sc}
+                for src, sc in zip(ft.extra.get("sources", []), ft.extra.get("scales", []), strict=True)
+            ],
             "init_seed": ft.init_seed,
             "prompt_audio": audio_info,
+            "melody": melody_info,
             "files": files,
             "sample_rate": result.sample_rate,
             "frames": int(result.codes.shape[-1]),
@@ -133,6 +153,9 @@ def request_from_json(path: str | Path) -> SampleRequest:
     prompt_audio = (meta.get("prompt_audio") or {}).get("path")
     if prompt_audio and not Path(prompt_audio).is_file():
         raise GenerateError(f"{path}: its prompt audio {prompt_audio} is gone")
+    melody = meta.get("melody") or {}
+    if melody.get("path") and not Path(melody["path"]).is_file():
+        raise GenerateError(f"{path}: its melody {melody['path']} is gone")
     return SampleRequest(
         prompts=[meta["prompt"]],
         seeds=[int(meta["seed"])],
@@ -142,13 +165,19 @@ def request_from_json(path: str | Path) -> SampleRequest:
         init_seed=meta.get("init_seed"),
         prompt_audio=prompt_audio,
         full_scale=params.adapter_scale if meta.get("adapter_kind") == "full" else 1.0,
+        mix=[(str(a["path"]), float(a["scale"])) for a in meta.get("adapters") or []],
+        melody=melody.get("path"),
+        melody_separator=melody.get("separator"),
     )
 
 
 def run_request(
-    request: SampleRequest, device: str = "auto", dtype: str = "auto", batch_size: int = 8
+    request: SampleRequest, device: str = "auto", dtype: str = "auto", batch_size: int = 8, separator: Any = None
 ) -> tuple[Generator, GenerationResult, float]:
-    """Load the model of ``request`` and generate it; returns the generator, the result and the seconds taken."""
+    """Load the model of ``request`` and generate it; returns the generator, the result and the seconds taken.
+
+    ``separator``: the loaded Demucs model that ``request.melody_separator`` names (the caller loads it).
+    """
     from musiclit.data.audio import AudioError, read_audio
     from musiclit.model.finetune import load_finetune
 
@@ -159,11 +188,16 @@ def run_request(
             read_audio(request.prompt_audio)
         except AudioError as err:
             raise GenerateError(str(err)) from None
-    ft = load_finetune(
-        request.model, request.adapter, request.init_seed, full_scale=request.full_scale if request.adapter else 1.0
-    )
+    if request.mix:
+        from musiclit.model.mix import load_mix
+
+        ft = load_mix([m[0] for m in request.mix], [m[1] for m in request.mix], request.model, request.init_seed)
+    else:
+        ft = load_finetune(
+            request.model, request.adapter, request.init_seed, full_scale=request.full_scale if request.adapter else 1.0
+        )
     gen = Generator(ft, device, dtype)
-    if ft.kind == "full":
+    if ft.kind in ("full", "mix"):
         params.adapter_scale = ft.full_scale
     wav = None
     if request.prompt_audio:
@@ -171,6 +205,17 @@ def run_request(
             wav = read_audio(request.prompt_audio, gen.sample_rate, gen.audio_channels)
         except AudioError as err:
             raise GenerateError(str(err)) from None
+    melody = None
+    if request.melody:
+        if request.melody_separator and separator is None:
+            raise GenerateError(f"the melody separator {request.melody_separator} was not loaded")
+        rate = int(separator.samplerate) if separator is not None else gen.sample_rate
+        channels = int(separator.audio_channels) if separator is not None else 1
+        try:
+            melody_wav = read_audio(request.melody, rate, channels)
+        except AudioError as err:
+            raise GenerateError(f"--melody: {err}") from None
+        melody = gen.encode_melody(melody_wav, rate, separator)
     t0 = time.perf_counter()
-    result = gen.generate(request.prompts, params, request.seeds, wav, batch_size=batch_size)
+    result = gen.generate(request.prompts, params, request.seeds, wav, batch_size=batch_size, melody=melody)
     return gen, result, time.perf_counter() - t0

@@ -26,6 +26,14 @@ of ``MusicgenForConditionalGeneration.state_dict()``; ``L.`` = ``decoder.model.d
 
 The fused ``in_proj_weight`` is q, k and v stacked along dim 0 (hidden_size rows each). The T5 text encoder
 is not part of audiocraft's state dict (audiocraft loads it by name), nor is the codec.
+
+MusicGen-melody (``MusicgenMelodyForConditionalGeneration``) has no cross-attention: its text and chroma
+conditions are prepended (audiocraft's ``fuser.prepend: [self_wav, description]``). Its chroma projection maps::
+
+    condition_provider.conditioners.self_wav.output_proj.*  audio_enc_to_dec_proj.*
+
+and audiocraft's chroma conditioner also stores its STFT window (``...self_wav.chroma.spec.window``, a periodic
+Hann window of 16384 samples), which is written on export and ignored on import.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ from musiclit.errors import MusiclitError
 DEC = "decoder.model.decoder."
 PROJ_AC = "condition_provider.conditioners.description.output_proj."
 PROJ_HF = "enc_to_dec_proj."
+CHROMA_AC = "condition_provider.conditioners.self_wav.output_proj."
+CHROMA_HF = "audio_enc_to_dec_proj."
+CHROMA_WINDOW_AC = "condition_provider.conditioners.self_wav.chroma.spec.window"
 
 # layer-level leaves: transformers -> audiocraft
 _LAYER_LEAVES = {
@@ -75,6 +86,9 @@ def to_audiocraft(state: dict[str, Any], hidden_size: int) -> dict[str, Any]:
         if key.startswith(PROJ_HF):
             out[PROJ_AC + key[len(PROJ_HF) :]] = value
             continue
+        if key.startswith(CHROMA_HF):
+            out[CHROMA_AC + key[len(CHROMA_HF) :]] = value
+            continue
         m = re.fullmatch(rf"{re.escape(DEC)}embed_tokens\.(\d+)\.weight", key)
         if m:
             out[f"emb.{m.group(1)}.weight"] = value
@@ -104,6 +118,10 @@ def to_audiocraft(state: dict[str, Any], hidden_size: int) -> dict[str, Any]:
         eye = torch.eye(hidden_size, dtype=out["emb.0.weight"].dtype)
         out[PROJ_AC + "weight"] = eye
         out[PROJ_AC + "bias"] = torch.zeros(hidden_size, dtype=eye.dtype)
+    if CHROMA_AC + "weight" in out:
+        from musiclit.model.melody import N_FFT
+
+        out[CHROMA_WINDOW_AC] = torch.hann_window(N_FFT, dtype=out[CHROMA_AC + "weight"].dtype)
     return out
 
 
@@ -114,6 +132,11 @@ def from_audiocraft(best_state: dict[str, Any], hidden_size: int) -> dict[str, A
         if key.startswith(PROJ_AC):
             out[PROJ_HF + key[len(PROJ_AC) :]] = value
             continue
+        if key.startswith(CHROMA_AC):
+            out[CHROMA_HF + key[len(CHROMA_AC) :]] = value
+            continue
+        if key == CHROMA_WINDOW_AC:
+            continue  # the chroma conditioner's STFT window: musiclit computes the chroma itself
         m = re.fullmatch(r"emb\.(\d+)\.weight", key)
         if m:
             out[f"{DEC}embed_tokens.{m.group(1)}.weight"] = value
@@ -221,6 +244,20 @@ def xp_config(model_config: Any, text_encoder_name: str, segment_duration: float
     }
     if channels == 2:
         cfg["interleave_stereo_codebooks"] = {"use": True, "per_timestep": False}
+    if getattr(model_config, "model_type", "") == "musicgen_melody":
+        from musiclit.model.melody import N_FFT, NUM_CHROMA
+
+        # audiocraft's chroma2music recipe: chroma and text prepended, melody dropped half the time, text 0.2
+        cfg["fuser"].update({"prepend": ["self_wav", "description"], "cross": []})
+        cfg["classifier_free_guidance"]["training_dropout"] = 0.2
+        cfg["attribute_dropout"] = {"args": {"active_on_eval": False}, "text": {}, "wav": {"self_wav": 0.5}}
+        cfg["conditioners"]["description"]["t5"]["word_dropout"] = 0.2
+        cfg["conditioners"]["self_wav"] = {
+            "model": "chroma_stem",
+            "chroma_stem": {"sample_rate": sample_rate, "n_chroma": NUM_CHROMA, "radix2_exp": N_FFT.bit_length() - 1,
+                            "argmax": True, "match_len_on_eval": True, "eval_wavs": None, "n_eval_wavs": 0,
+                            "cache_path": None},
+        }  # fmt: skip
     return cfg
 
 

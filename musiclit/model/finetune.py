@@ -146,8 +146,8 @@ def _check_state(path: Path, model: Any, state: dict[str, Any], base_source: str
 def _trainable_like(key: str, state: dict[str, Any]) -> bool:
     """Keys of the same kind as the ones in ``state`` (LoRA weights if it holds LoRA weights)."""
     if any(".lora_" in k for k in state):
-        return ".lora_A." in key or ".lora_B." in key
-    return key.startswith(("decoder.", "enc_to_dec_proj."))
+        return ".lora_A." in key or ".lora_B." in key or ".lora_magnitude_vector." in key
+    return key.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))
 
 
 def _load_checkpoint(path: Path, model_override: str | None, init_seed: int | None, scale: float) -> FineTune:
@@ -236,6 +236,10 @@ def check_adapter(folder: str | Path, base: Any, base_source: str = "the base mo
         m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight", key)
         if m:
             adapted.setdefault(m.group(1), {})[m.group(2)] = value
+            continue
+        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?", key)
+        if m:
+            adapted.setdefault(m.group(1), {})["m"] = value
     if not selected:
         raise AdapterMismatchError(
             f"{folder}: its target modules {config.get('target_modules')!r} match no layer of {base_source}: "
@@ -270,6 +274,18 @@ def check_adapter(folder: str | Path, base: Any, base_source: str = "the base mo
                 f"{folder}: the adapter of {name} maps {a.shape[1]} -> {b.shape[0]} features but {base_source} "
                 f"has {linear.in_features} -> {linear.out_features}: the adapter was trained on another model "
                 "size (use --model to give the base it was trained on)"
+            )
+        magnitude = ab.get("m")
+        if bool(config.get("use_dora")) != (magnitude is not None):
+            raise AdapterMismatchError(
+                f"{folder}: adapter_config.json says use_dora={bool(config.get('use_dora'))} but module {name} "
+                f"{'has' if magnitude is not None else 'has no'} DoRA magnitude vector: the config does not belong "
+                "to these weights"
+            )
+        if magnitude is not None and tuple(magnitude.shape) != (linear.out_features,):
+            raise AdapterMismatchError(
+                f"{folder}: the DoRA magnitude of {name} has shape {tuple(magnitude.shape)}, {base_source} needs "
+                f"({linear.out_features},)"
             )
 
 

@@ -36,7 +36,12 @@ class LoraSettings:
         weight_decay: Weight decay of the adapter matrices A and B (the optimiser's own ``weight_decay``
             applies to the other trainable weights). Decoupled decay shrinks A and B, i.e. pulls the
             fine-tune towards the base model; 0 by default, as most LoRA recipes train.
-        extra: Further ``peft.LoraConfig`` arguments.
+        use_dora: DoRA (weight-decomposed LoRA): each adapted weight also learns a magnitude per output
+            feature (one vector of out_features values per layer, saved with the adapter). The update is no
+            longer linear in the adapter weights; merging and mixing use the effective weight.
+        use_rslora: rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r (keeps the
+            update's size stable when r grows).
+        extra: Other ``peft.LoraConfig`` arguments, passed as they are.
     """
 
     r: int = 8
@@ -46,6 +51,8 @@ class LoraSettings:
     lm_heads: bool = False
     init_lora_weights: bool = True
     weight_decay: float = 0.0
+    use_dora: bool = False
+    use_rslora: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def leaves(self) -> tuple[str, ...]:
@@ -94,16 +101,22 @@ def apply_lora(model: Any, settings: LoraSettings) -> Any:
         lora_dropout=settings.dropout,
         target_modules=regex,
         init_lora_weights=settings.init_lora_weights,
+        use_dora=settings.use_dora,
+        use_rslora=settings.use_rslora,
         **settings.extra,
     )
     return get_peft_model(model, config)
 
 
 def freeze_for_full_finetune(model: Any) -> None:
-    """Freeze T5 and EnCodec; train the decoder and the text projection."""
+    """Freeze T5 and EnCodec; train the decoder and the text (and melody models' chroma) projections."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for module in (model.decoder, getattr(model, "enc_to_dec_proj", None)):
+    for module in (
+        model.decoder,
+        getattr(model, "enc_to_dec_proj", None),
+        getattr(model, "audio_enc_to_dec_proj", None),
+    ):
         if module is not None:
             for p in module.parameters():
                 p.requires_grad_(True)

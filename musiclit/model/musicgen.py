@@ -16,7 +16,12 @@ import torch
 
 from musiclit.errors import MusiclitError
 
-HUB_MODELS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
+HUB_MODELS = (
+    "facebook/musicgen-small",
+    "facebook/musicgen-medium",
+    "facebook/musicgen-large",
+    "facebook/musicgen-melody",
+)
 
 
 class ModelLoadError(MusiclitError, RuntimeError):
@@ -35,6 +40,9 @@ class LoadedMusicGen:
         num_codebooks: Codebooks per frame (4 mono, 8 stereo).
         audio_channels: 1 (mono) or 2 (stereo models).
         pad_token_id: The special token id (= codebook size, 2048 for released models).
+        melody: A MusicGen-melody model (``MusicgenMelodyForConditionalGeneration``): text and a chroma melody
+            are prepended to the decoder input (see :mod:`musiclit.model.melody`).
+        chroma_length: Melody frames the model reads (235 = 30 s; melody models only).
     """
 
     model: Any
@@ -44,6 +52,8 @@ class LoadedMusicGen:
     num_codebooks: int
     audio_channels: int
     pad_token_id: int
+    melody: bool = False
+    chroma_length: int = 0
 
 
 def tiny_config_dict(
@@ -54,11 +64,25 @@ def tiny_config_dict(
     num_codebooks: int = 4,
     text_dim: int = 32,
     audio_channels: int = 1,
+    melody: bool = False,
 ) -> dict[str, Any]:
-    """The tiny MusicGen-architecture config (50 Hz, 32 kHz, 2048-entry codebooks), as a JSON-able dict."""
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+    """The tiny MusicGen-architecture config (50 Hz, 32 kHz, 2048-entry codebooks), as a JSON-able dict.
 
-    config = MusicgenConfig(
+    ``melody=True``: MusicGen-melody's architecture (no cross-attention; text and a 235-frame chroma melody
+    prepended to the decoder input).
+    """
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        T5Config,
+    )
+
+    config_class = MusicgenMelodyConfig if melody else MusicgenConfig
+    decoder_class = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
+    config = config_class(
         text_encoder=T5Config(
             vocab_size=len(_CHARS) + 3,
             d_model=text_dim,
@@ -83,7 +107,7 @@ def tiny_config_dict(
             chunk_length_s=None,
             overlap=None,
         ).to_dict(),
-        decoder=MusicgenDecoderConfig(
+        decoder=decoder_class(
             vocab_size=2048,
             num_codebooks=num_codebooks * audio_channels,
             audio_channels=audio_channels,
@@ -131,22 +155,37 @@ def build_from_config(config: dict[str, Any] | str | os.PathLike[str], seed: int
     """Build a MusicGen model at a seeded random init from a config dict or JSON file, plus a tokenizer.
 
     The same seed and config give the same weights, so a checkpoint that holds only trainable weights can
-    rebuild its frozen base.
+    rebuild its frozen base. A config whose ``model_type`` is ``musicgen_melody`` builds MusicGen-melody.
     """
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
-
     if not isinstance(config, dict):
         path = Path(config)
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise ModelLoadError(f"{path}: cannot read MusicGen config ({err})") from None
-    cfg = MusicgenConfig.from_dict(config)
+    config_class, model_class = model_classes(str(config.get("model_type", "musicgen")))
+    cfg = config_class.from_dict(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MusicgenForConditionalGeneration(cfg)
+        model = model_class(cfg)
         init_codebooks(model.audio_encoder)
     return model, build_char_tokenizer()
+
+
+def model_classes(model_type: str) -> tuple[Any, Any]:
+    """transformers' (config class, model class) of a MusicGen ``model_type`` ("musicgen" or "musicgen_melody")."""
+    from transformers import (
+        MusicgenConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyForConditionalGeneration,
+    )
+
+    if model_type == "musicgen_melody":
+        return MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration
+    if model_type == "musicgen":
+        return MusicgenConfig, MusicgenForConditionalGeneration
+    raise ModelLoadError(f"model_type '{model_type}' is not MusicGen (musicgen or musicgen_melody)")
 
 
 @torch.no_grad()
@@ -180,6 +219,11 @@ def save_model_folder(model: Any, tokenizer: Any, folder: str | os.PathLike[str]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
+    if model.config.model_type == "musicgen_melody":
+        # its processor's feature extractor needs torchaudio (deliberately not a dependency): the tokenizer
+        # alone; musiclit computes the chroma itself
+        tokenizer.save_pretrained(folder)
+        return folder
     audio_cfg = model.config.audio_encoder
     extractor = EncodecFeatureExtractor(feature_size=audio_cfg.audio_channels, sampling_rate=audio_cfg.sampling_rate)
     MusicgenProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
@@ -196,15 +240,16 @@ def load_musicgen(pretrained: str, init_seed: int = 0, dtype: torch.dtype | None
     """Load MusicGen from a hub id, a local folder, or a config JSON file (random init from ``init_seed``).
 
     Args:
-        pretrained: ``facebook/musicgen-small`` (or medium/large/stereo), a folder written by
-            ``save_pretrained``, or a ``.json`` MusicGen config.
+        pretrained: ``facebook/musicgen-small`` (or medium/large/melody/stereo), a folder written by
+            ``save_pretrained``, or a ``.json`` MusicGen config. MusicGen-melody checkpoints load as
+            ``MusicgenMelodyForConditionalGeneration``.
         init_seed: Seed of the random init when ``pretrained`` is a config file.
         dtype: Load weights in this dtype (None: as stored).
 
     Raises:
         ModelLoadError: The source does not exist or does not hold a MusicGen model.
     """
-    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(pretrained).expanduser()
     if path.suffix == ".json" and path.is_file():
@@ -218,7 +263,9 @@ def load_musicgen(pretrained: str, init_seed: int = 0, dtype: torch.dtype | None
             )
         source = str(path) if path.exists() else pretrained
         try:
-            model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=dtype)
+            config = AutoConfig.from_pretrained(source)
+            _, model_class = model_classes(str(config.model_type))
+            model = model_class.from_pretrained(source, config=config, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(source)
         except OSError as err:
             raise ModelLoadError(f"{pretrained}: cannot load a MusicGen model ({err})") from None
@@ -241,6 +288,8 @@ def describe(model: Any, tokenizer: Any) -> LoadedMusicGen:
         num_codebooks=int(dec_cfg.num_codebooks),
         audio_channels=int(getattr(dec_cfg, "audio_channels", 1)),
         pad_token_id=int(dec_cfg.pad_token_id),
+        melody=model.config.model_type == "musicgen_melody",
+        chroma_length=int(getattr(model.config, "chroma_length", 0)),
     )
 
 
@@ -250,6 +299,7 @@ def real_decoder_config(name: str) -> dict[str, int]:
         "small": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
         "medium": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24},
         "large": {"hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32},
+        "melody": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24},  # musicgen-melody
     }
     if name not in sizes:
         raise ValueError(f"unknown architecture '{name}' (choose from {', '.join(sizes)})")
@@ -269,21 +319,24 @@ T5_BASE: dict[str, Any] = {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers
                            "vocab_size": 32128}  # fmt: skip
 
 
-def real_config_dict(decoder: str | dict[str, int]) -> dict[str, Any]:
+def real_config_dict(decoder: str | dict[str, int], melody: bool | None = None) -> dict[str, Any]:
     """A full MusicGen config with real-sized T5-base and EnCodec and a released (or given) decoder size.
 
     Args:
-        decoder: "small", "medium", "large", or ``tiny_config_dict`` decoder kwargs (hidden_size,
+        decoder: "small", "medium", "large", "melody", or ``tiny_config_dict`` decoder kwargs (hidden_size,
             num_layers, num_heads, ffn_dim).
+        melody: MusicGen-melody's architecture (default: when ``decoder`` is "melody").
     """
-    from transformers import EncodecConfig, MusicgenConfig, T5Config
+    from transformers import EncodecConfig, T5Config
 
+    melody = decoder == "melody" if melody is None else melody
     if isinstance(decoder, str):
         real = real_decoder_config(decoder)
         decoder = {"hidden_size": real["hidden_size"], "num_layers": real["num_hidden_layers"],
                    "num_heads": real["num_attention_heads"], "ffn_dim": real["ffn_dim"]}  # fmt: skip
-    dec = tiny_config_dict(**decoder, num_codebooks=4)["decoder"]
-    config = MusicgenConfig(
+    dec = tiny_config_dict(**decoder, num_codebooks=4, melody=melody)["decoder"]
+    config_class, _ = model_classes("musicgen_melody" if melody else "musicgen")
+    config = config_class(
         text_encoder=T5Config(**T5_BASE).to_dict(), audio_encoder=EncodecConfig(**REAL_CODEC).to_dict(), decoder=dec
     ).to_dict()
     config["decoder_start_token_id"] = config["pad_token_id"] = 2048

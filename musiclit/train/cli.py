@@ -351,14 +351,17 @@ def build_cli(
         )
 
 
-def build_token_cache(args: list[str]) -> Any:
-    """Encode the dataset that the ``fit`` options ``args`` describe into its token cache; returns the cache."""
+def build_token_cache(args: list[str], with_melody: bool = False) -> Any:
+    """Encode the dataset that the ``fit`` options ``args`` describe into its token cache; returns the cache
+    (``with_melody``: ``(token cache, melody chroma cache or None)``)."""
     from musiclit.model.codec import CodecTokenizer
 
     args, allow = split_allow_imports(args)
     cli = build_cli(args, run=False, allow_imports=allow)  # run=False: no subcommand, the options of `fit`
     dm = cli.datamodule
     dm.attach_tokenizer(CodecTokenizer.from_module(cli.model))
+    if cli.model.melody:  # melody models: the chroma of every conditioning file too (Demucs runs here, once)
+        dm.attach_melody(cli.model.melody_tokenizer(dm.melody_separator))
     dm.token_cache = True
     dm.setup("fit")
-    return dm.cache
+    return (dm.cache, dm.melody_cache) if with_melody else dm.cache

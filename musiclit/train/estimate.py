@@ -41,12 +41,21 @@ ARCHS = {
     "small": (1024, 24, 16),
     "medium": (1536, 48, 24),
     "large": (2048, 48, 32),
+    "melody": (1536, 48, 24),  # facebook/musicgen-melody (1.5B); musicgen-melody-large has large's sizes
 }
+CHROMA_FRAMES = 235  # MusicGen-melody's prepended melody (30 s of chroma)
+
 LORA_PRESETS = {
     "qv": ("q_proj", "v_proj"),
     "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
     "all-linear": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
 }
+
+
+def arch_of(pretrained: str) -> str | None:
+    """The released architecture a hub id names (its size first: "musicgen-melody-large" is large-sized)."""
+    size = next((n for n in ("small", "medium", "large") if n in pretrained), None)
+    return size or ("melody" if "melody" in pretrained else None)
 
 
 @dataclass
@@ -79,18 +88,20 @@ class Spec:
     checkpointing: bool = False
     token_cache: bool = True
     text_cache_bytes: int = DEFAULT_TEXT_CACHE_BYTES
+    melody: bool = False  # MusicGen-melody: no cross-attention; melody + text prepended to the decoder input
 
     @property
     def decoder_matmul_params(self) -> int:
         """Linear and embedding weights of the decoder (what a frozen dtype applies to)."""
         d, f = self.hidden, self.ffn
-        per_layer = 8 * d * d + 2 * d * f  # self + cross attention q/k/v/out, fc1, fc2
+        # self (+ cross, except melody models, which prepend their conditions) attention q/k/v/out, fc1, fc2
+        per_layer = (4 if self.melody else 8) * d * d + 2 * d * f
         return self.layers * per_layer + self.codebooks * (VOCAB + 1) * d + self.codebooks * d * VOCAB
 
     @property
     def decoder_norm_params(self) -> int:
         """Layer-norm weights and biases of the decoder (always float32)."""
-        return self.layers * 3 * 2 * self.hidden + 2 * self.hidden
+        return self.layers * (2 if self.melody else 3) * 2 * self.hidden + 2 * self.hidden
 
     @property
     def decoder_params(self) -> int:
@@ -127,6 +138,11 @@ class Spec:
         return 2 if self.bf16 else 4
 
     @property
+    def prefix_tokens(self) -> int:
+        """Decoder positions before the codes: melody models prepend the melody and the text."""
+        return CHROMA_FRAMES + TEXT_TOKENS if self.melody else 0
+
+    @property
     def lora_params(self) -> int:
         """Trainable parameters: the adapters, or the decoder and the text projection when fully fine-tuned."""
         if self.lora_r is None:
@@ -137,7 +153,8 @@ class Spec:
         per_layer = 0
         for leaf in self.lora_targets:
             i, o = shapes[leaf]
-            per_layer += r * (i + o) * (2 if leaf in ("q_proj", "k_proj", "v_proj", "out_proj") else 1)
+            attention = leaf in ("q_proj", "k_proj", "v_proj", "out_proj")
+            per_layer += r * (i + o) * (2 if attention and not self.melody else 1)  # self- and cross-attention
         heads = self.codebooks * r * (d + VOCAB) if self.lora_heads else 0
         return self.layers * per_layer + heads
 
@@ -148,7 +165,7 @@ def estimate(spec: Spec) -> dict[str, float]:
     w = spec.weight_bytes  # frozen matmul weights: the compute dtype under frozen_dtype auto
     d, f, layers = spec.hidden, spec.ffn, spec.layers
     frames = int(round(spec.seconds * spec.frame_rate))
-    tokens = spec.batch * (frames + spec.codebooks)  # delay pattern steps
+    tokens = spec.batch * (frames + spec.codebooks + spec.prefix_tokens)  # delay pattern steps (+ melody prefix)
     full = spec.lora_r is None
     trainable = spec.lora_params
     out: dict[str, float] = {}
@@ -166,7 +183,8 @@ def estimate(spec: Spec) -> dict[str, float]:
     mask = 1 if drop else 0
     # per layer per token: fp32 residual inputs of the 3 layer norms, LN outputs, q/k/v/attention outputs kept
     # for SDPA's backward, LoRA inputs (dropout outputs + masks), fc1 output (GELU backward), fc2's input
-    per_token = d * (3 * 4 + 3 * a + 4 * a + 3 * a + 2 * a + 3 * (a + mask)) + f * (2 * a + mask)
+    norms = 2 if spec.melody else 3  # melody layers have no cross-attention (and no norm before it)
+    per_token = d * (norms * 4 + norms * a + 4 * a + 3 * a + 2 * a + 3 * (a + mask)) + f * (2 * a + mask)
     if full:
         per_token += d * 2 * a  # inputs of every linear are saved for weight gradients
     layer_acts = ACTIVATION_OVERHEAD * per_token * tokens
@@ -218,13 +236,15 @@ def spec_from_config(config: dict[str, Any], gpu: bool = True) -> Spec:
                       text_kv=t5["d_kv"], text_ff=t5["d_ff"], text_vocab=t5["vocab_size"],
                       text_buckets=t5.get("relative_attention_num_buckets", 32),
                       text_gated=str(t5.get("feed_forward_proj", "relu")).startswith("gated"),
-                      codec_bytes=_codec_bytes(cfg["audio_encoder"]))  # fmt: skip
+                      codec_bytes=_codec_bytes(cfg["audio_encoder"]),
+                      melody=cfg.get("model_type") == "musicgen_melody")  # fmt: skip
     else:
-        arch = next((name for name in ARCHS if name in pretrained), None)
+        arch = arch_of(pretrained)
         if arch is None:
             raise FileNotFoundError(f"{pretrained}: no config file or model folder, and not a released model id")
         d, n, _ = ARCHS[arch]
-        kwargs.update(hidden=d, layers=n, ffn=4 * d, codebooks=8 if "stereo" in pretrained else 4)
+        kwargs.update(hidden=d, layers=n, ffn=4 * d, codebooks=8 if "stereo" in pretrained else 4,
+                      melody="melody" in pretrained)  # fmt: skip
     lora = model.get("lora", {"r": 8, "target_modules": "qv"})
     if lora is None:
         kwargs["lora_r"] = None
@@ -323,13 +343,13 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     spec = spec_from_config(config)
     model = config.get("model") or {}
     pretrained = str(model.get("pretrained"))
-    if any(name in pretrained for name in ARCHS) and not Path(pretrained).exists():
+    if arch_of(pretrained) is not None and not Path(pretrained).exists():
         import tempfile
 
         from musiclit.model.musicgen import real_config_dict  # the real architecture at random init
 
         tmp = Path(tempfile.mkdtemp()) / "config.json"
-        tmp.write_text(json.dumps(real_config_dict(next(n for n in ARCHS if n in pretrained))))
+        tmp.write_text(json.dumps(real_config_dict(str(arch_of(pretrained)), melody=spec.melody)))
         pretrained = str(tmp)
     lora = model.get("lora", {})
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -342,6 +362,8 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     batch = {"codes": torch.randint(0, 2048, (spec.batch, spec.codebooks, frames), device=device),
              "frame_mask": torch.ones(spec.batch, frames, dtype=torch.bool, device=device),
              "captions": ["a calm folk piece with guitar"] * spec.batch}  # fmt: skip
+    if spec.melody:
+        batch["melody"] = torch.randint(0, 12, (spec.batch, CHROMA_FRAMES), device=device)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.bf16)
     for i in range(steps + 1):

@@ -42,7 +42,11 @@ class MusicGenModule(L.LightningModule):
             MusicGen config ``.json`` (built at random init from ``init_seed``; tiny test/demo models).
         init_seed: Seed of the random init when ``pretrained`` is a config file.
         lora: LoRA settings; ``null`` fine-tunes the whole decoder (and the text projection).
-        cfg_dropout: Probability of dropping each example's text (classifier-free guidance training).
+        cfg_dropout: Probability of dropping each example's conditions (classifier-free guidance training): its
+            text, and for MusicGen-melody its melody too. Default (null): MusicGen's recipe, 0.3, and 0.2 for
+            melody models.
+        melody_dropout: MusicGen-melody only: probability of dropping each example's melody when its conditions
+            are kept (the recipe's 0.5), so that the model also follows text alone. Both rates are logged.
         gradient_checkpointing: Recompute decoder activations in the backward pass (less memory, slower).
         checkpoint_every_n_layers: With checkpointing, checkpoint only every n-th decoder layer.
         frozen_dtype: Dtype of the frozen matmul weights (linears, embeddings) of the text encoder, the
@@ -73,7 +77,8 @@ class MusicGenModule(L.LightningModule):
         pretrained: str = "facebook/musicgen-small",
         init_seed: int = 0,
         lora: LoraSettings | None = LoraSettings(),  # noqa: B008 - a dataclass default jsonargparse can show
-        cfg_dropout: float = 0.3,
+        cfg_dropout: float | None = None,
+        melody_dropout: float = 0.5,
         gradient_checkpointing: bool = False,
         checkpoint_every_n_layers: int = 1,
         frozen_dtype: FrozenDtype = "auto",
@@ -86,12 +91,13 @@ class MusicGenModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = WarmupCosine,
     ) -> None:
         super().__init__()
-        if not 0.0 <= cfg_dropout <= 1.0:
-            raise ConfigError(f"model.cfg_dropout must be in [0, 1], got {cfg_dropout}")
+        for name, value in (("cfg_dropout", cfg_dropout), ("melody_dropout", melody_dropout)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1], got {value}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.cfg_dropout = cfg_dropout
+        self.melody_dropout = melody_dropout
         self.seed = seed
         self.frozen_dtype = frozen_dtype
         if text_cache_bytes < 0 or (text_cache_size is not None and text_cache_size < 0):
@@ -112,6 +118,8 @@ class MusicGenModule(L.LightningModule):
         self.num_codebooks = loaded.num_codebooks
         self.special_token = loaded.pad_token_id
         self.delays = codebook_delays(self.num_codebooks, self.audio_channels)
+        self.melody = loaded.melody
+        self.cfg_dropout = (0.2 if self.melody else 0.3) if cfg_dropout is None else cfg_dropout
 
         model = loaded.model
         model.config.use_cache = False
@@ -268,6 +276,25 @@ class MusicGenModule(L.LightningModule):
             self._codec_tokenizer = CodecTokenizer.from_module(self)
         return self._codec_tokenizer
 
+    def melody_tokenizer(self, separator: str | None) -> Any:
+        """The melody model's chroma extractor for the cache (drums and bass removed by the Demucs ``separator``, a
+        pretrained name or weights file; None: the audio as it is)."""
+        from musiclit.data.audio import resample
+        from musiclit.model.melody import MelodyChroma
+
+        model = None
+        if separator:
+            from musiclit.prep.vocals import VocalsError, load_demucs
+
+            try:
+                model = load_demucs(separator)
+            except VocalsError as err:
+                raise ConfigError(
+                    f"data.melody_separator {separator}: {err} (here: data.melody_separator with a local weights "
+                    "file, or null to take the chroma of the audio as it is)"
+                ) from None
+        return MelodyChroma(model, resample)
+
     @torch.no_grad()
     def encode_audio(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codec codes (B, K, T) and frame mask (B, T) of audio (B, C, S) with sample mask (B, S).
@@ -281,7 +308,12 @@ class MusicGenModule(L.LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def forward(
-        self, codes: torch.Tensor, frame_mask: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+        self,
+        codes: torch.Tensor,
+        frame_mask: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        melody: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss of a batch.
 
@@ -290,21 +322,40 @@ class MusicGenModule(L.LightningModule):
             frame_mask: (B, T) True on real frames.
             text: (B, Lt, D) text-encoder states.
             text_mask: (B, Lt) 1 on real tokens; an all-zero row is the unconditional (dropped) text.
+            melody: Melody models: (B, Tc, 12) one-hot chroma (class 0 everywhere = no melody).
 
         Returns:
             ``(loss, per_codebook)``: mean over codebooks of the masked CE, and the (K,) codebook CEs.
         """
-        return musicgen_loss(self.base, codes, frame_mask, text, text_mask, self.delays, self.special_token)
+        return musicgen_loss(self.base, codes, frame_mask, text, text_mask, self.delays, self.special_token, melody)
 
-    def _batch_loss(self, batch: dict[str, Any], cfg_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_loss(
+        self, batch: dict[str, Any], cfg_dropout: float, melody_dropout: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if "codes" in batch:
             codes, frame_mask = batch["codes"], batch["frame_mask"]
         else:
             codes, frame_mask = self.encode_audio(batch["audio"], batch["audio_mask"])
         text, text_mask = self.encode_text(batch["captions"])
+        bsz = len(batch["captions"])
+        keep = torch.ones(bsz, dtype=torch.bool, device=text_mask.device)
         if cfg_dropout > 0:
-            keep = torch.rand(len(batch["captions"]), device=text_mask.device) >= cfg_dropout
+            keep = torch.rand(bsz, device=text_mask.device) >= cfg_dropout
             text_mask = text_mask * keep[:, None].to(text_mask.dtype)
+        self._dropped = {"text": 1.0 - keep.float().mean()}
+        if self.melody:
+            if "melody" not in batch:
+                raise ConfigError("a MusicGen-melody model needs the melody of each clip (train from the token cache)")
+            from musiclit.model.melody import onehot
+
+            # dropping all conditions drops the melody too (the unconditional branch of guidance has neither)
+            melody_keep = keep
+            if melody_dropout > 0:
+                melody_keep = keep & (torch.rand(bsz, device=keep.device) >= melody_dropout)
+            classes = batch["melody"].to(keep.device) * melody_keep[:, None].long()  # class 0 = no melody
+            melody = onehot(classes)
+            self._dropped["melody"] = 1.0 - melody_keep.float().mean()
+            return self(codes, frame_mask, text, text_mask, melody)
         return self(codes, frame_mask, text, text_mask)
 
     def _step_seed(self, batch_idx: int) -> int:
@@ -317,9 +368,12 @@ class MusicGenModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One micro-batch: encode, drop text per example, masked loss; logs loss and per-codebook CE/ppl."""
         torch.manual_seed(self._step_seed(batch_idx))
-        loss, per_cb = self._batch_loss(batch, self.cfg_dropout)
+        loss, per_cb = self._batch_loss(batch, self.cfg_dropout, self.melody_dropout)
         bsz = len(batch["captions"])
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        if self.melody:  # the fraction of examples trained without their text / melody
+            for what, rate in self._dropped.items():
+                self.log(f"train/{what}_dropped", rate, batch_size=bsz)
         for k, ce in enumerate(per_cb):
             self.log(f"train/ce_{k}", ce, batch_size=bsz)
             self.log(f"train/ppl_{k}", torch.exp(ce.detach()), batch_size=bsz)

@@ -49,7 +49,8 @@ def parameter_groups(model: torch.nn.Module, lora_weight_decay: float = 0.0) -> 
     """The trainable parameters of ``model`` in optimiser groups by what weight decay should do to them.
 
     * LoRA adapter weights (``lora_*``): ``weight_decay = lora_weight_decay``. Decay shrinks A and B, i.e.
-      pulls the fine-tune towards the base model.
+      pulls the fine-tune towards the base model. DoRA's magnitude vectors get no decay (it would pull them
+      towards 0, not towards the base).
     * Norm gains and biases, every bias, embedding tables: ``weight_decay = 0``. Decaying a LayerNorm gain
       towards 0 (not its initial 1), or every step the rows of an embedding table that a batch does not use,
       only damages them; this is the usual split of transformer training (e.g. minGPT's optimiser).
@@ -67,7 +68,9 @@ def parameter_groups(model: torch.nn.Module, lora_weight_decay: float = 0.0) -> 
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if "lora_" in name:
+        if "lora_magnitude_vector" in name:  # DoRA's magnitudes: decay would pull them to 0, not to the base
+            plain.append(p)
+        elif "lora_" in name:
             lora.append(p)
         elif id(p) in no_decay or name.endswith("bias"):
             plain.append(p)
