@@ -223,7 +223,9 @@ class MusicDataModule(L.LightningDataModule):
                      "special_token": tokenizer.special_token}  # fmt: skip
             melodies: list[Any] = [None, None]
             if melody is not None:
-                melodies = self._melody_sources(train, valid, root)
+                from musiclit.data.cache import default_cache_root
+
+                melodies = self._melody_sources(train, valid, self.cache_dir or default_cache_root(self.data_dir))
             self.train_set = TokenClipDataset(
                 keys=keys[: len(train)], entries=train, random_crop=True, caption_dropout=self.caption_dropout,
                 seed=self.seed, melody=melodies[0], **extra, **common,
