@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -14,6 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from musiclit.errors import ConfigError
 from musiclit.model.codec import encode_audio
 from musiclit.model.delay import codebook_delays
+from musiclit.model.finetune import base_fingerprint
 from musiclit.model.lora import (
     LoraSettings,
     apply_lora,
@@ -96,8 +98,13 @@ class MusicGenModule(L.LightningModule):
         self.text_cache_size = text_cache_size
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_cache_used = 0
-        # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`
+        # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`, which they
+        # record by absolute path and hash (resolved now: the working folder may change before a save)
         self.strict_loading = False
+        self._base_path = (
+            str(Path(pretrained).expanduser().resolve()) if Path(pretrained).expanduser().exists() else None
+        )
+        self._base_record: dict[str, Any] | None = None
 
         loaded = load_musicgen(pretrained, init_seed=init_seed)
         self.tokenizer = loaded.tokenizer
@@ -301,7 +308,10 @@ class MusicGenModule(L.LightningModule):
         """Keep only trainable weights: a LoRA checkpoint of a 1.5B model is megabytes."""
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["musiclit"] = {"trainable_keys": sorted(keep)}
+        if self._base_record is None:  # hashed once per run (a base is gigabytes)
+            self._base_record = base_fingerprint(self._base_path or self.hparams.pretrained, self.hparams.init_seed)
+            self._base_record["source"] = self.hparams.pretrained
+        checkpoint["musiclit"] = {"trainable_keys": sorted(keep), "base": self._base_record}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint holds every trainable weight of this module (right base, right LoRA)."""
