@@ -54,13 +54,17 @@ def test_same_crop_encoded_the_same_way_gives_the_same_tokens(module, datamodule
 def test_random_crops_use_the_audio_paths_draw(module, datamodule):
     """Same keyed draw (start, caption) as the audio path; the crop of the codes starts at round(start * 50).
 
-    NOT asserted equal, because it is not: codes of a cropped waveform differ from the same frames of the
-    whole clip's codes (EnCodec's LSTM and non-causal convolutions see context beyond the crop; the crop
-    start is snapped to the frame grid). The cached path is the defined behaviour; the audio path's codes
-    agree with it on most interior frames (a sanity bound, far above chance).
+    NOT asserted equal, because it is not, and why is checked on the codec's embeddings (what its quantizer
+    reads): EnCodec's LSTM starts from a fresh state at the crop start, so the crop's embeddings differ from
+    the whole clip's there (measured: up to 8% of their scale in the first 5 frames), converge to rounding
+    (about 1e-7) by frame 40, and differ again in the last frames, which see the crop's edge padding. On the
+    tiny test codec even rounding-level differences flip codes (its codebooks are filled with latent frames
+    of one signal: most decisions are near-ties), so 75-85% of interior codes agree per crop (68-88% per
+    codebook; docs/benchmarks.md). The cached path (whole-clip codes, cropped) is the defined behaviour.
     """
     train = datamodule.train_set
     audio = _audio_twin(train, 2.0, 0.8)
+    codec = module.base.audio_encoder
     agree = []
     for epoch, index in [(0, 1), (1, 2), (3, 4), (5, 0)]:
         a, t = audio[(epoch, index)], train[(epoch, index)]
@@ -77,8 +81,13 @@ def test_random_crops_use_the_audio_paths_draw(module, datamodule):
         crop = wav[..., start : start + 100 * 640]
         codes, _ = module.encode_audio(crop, torch.ones(1, crop.shape[-1], dtype=torch.bool))
         n = min(codes.shape[-1], real)
+        with torch.inference_mode():
+            emb_crop, emb_whole = codec.encoder(crop)[0, :, :n], codec.encoder(wav)[0, :, first : first + n]
+        diff, scale = (emb_crop - emb_whole).abs().amax(0), emb_whole.abs().max()
+        assert diff[:5].max() > 1e-2 * scale  # the fresh LSTM state
+        assert diff[40 : n - 5].max() <= 1e-5 * scale  # the same frames once it has converged
         agree.append((codes[0, :, 10 : n - 10] == full[:, first + 10 : first + n - 10]).float().mean())
-    assert float(torch.stack(agree).mean()) > 0.5
+    assert float(torch.stack(agree).mean()) >= 0.75  # measured 0.81 (0.75-0.85 per crop)
 
 
 def test_batches_are_codes_trimmed_to_the_longest_real_crop(module, datamodule):

@@ -39,7 +39,11 @@ def ckpt(proj_model_dir: Path, tiny_dataset: Path, tmp_path_factory: pytest.Temp
 @pytest.fixture(scope="module")
 def exports(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("exports")
-    return {fmt: export(str(ckpt), fmt, out / fmt) for fmt in ("peft", "merged", "audiocraft")}
+    with pytest.MonkeyPatch.context() as mp:
+        # the tiny text encoder is no model audiocraft can load (tests/test_audiocraft.py: export refuses
+        # it); these tests check the LM's layout, so it is declared t5-base here
+        mp.setattr("musiclit.model.audiocraft.audiocraft_text_encoder", lambda config: "t5-base")
+        return {fmt: export(str(ckpt), fmt, out / fmt) for fmt in ("peft", "merged", "audiocraft")}
 
 
 def _inputs(tokenizer: object) -> dict[str, torch.Tensor]:
@@ -229,6 +233,7 @@ def test_exports_never_overwrite_and_are_atomic(
         real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", crash_on_second)
+    monkeypatch.setattr("musiclit.model.audiocraft.audiocraft_text_encoder", lambda config: "t5-base")
     with pytest.raises(OSError, match="disk full"):
         export(str(ckpt), "audiocraft", tmp_path / "ac")
     assert list(tmp_path.iterdir()) == []

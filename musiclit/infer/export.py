@@ -97,32 +97,34 @@ def export_merged(ft: Any, out: str | Path, force: bool = False) -> Path:
     return Path(out)
 
 
-def _text_encoder_name(config: Any) -> str:
-    name = getattr(config.text_encoder, "_name_or_path", "") or ""
-    if name and not Path(name).exists():
-        return name
-    return "t5-base"
-
-
 def export_audiocraft(ft: Any, out: str | Path, force: bool = False, segment_duration: float = 30.0) -> Path:
     """Write ``state_dict.bin`` + ``compression_state_dict.bin`` in audiocraft's MusicGen layout."""
     import torch
 
     from musiclit import __version__
-    from musiclit.model.audiocraft import to_audiocraft, xp_config
+    from musiclit.model.audiocraft import AudiocraftFormatError, audiocraft_text_encoder, to_audiocraft, xp_config
 
-    model = _merged_model(ft).float()
-    config = model.config
+    config = ft.base.config
     if int(config.audio_encoder.sampling_rate) != 32000 or int(config.decoder.vocab_size) != 2048:
         raise ExportError(
             f"{ft.base_source}: audiocraft MusicGen uses the 32 kHz EnCodec with 2048-entry codebooks; this model's "
             f"codec is {config.audio_encoder.sampling_rate} Hz / {config.decoder.vocab_size} entries"
         )
+    activation = str(getattr(config.decoder, "activation_function", "gelu"))
+    if activation not in ("gelu", "relu"):
+        raise ExportError(
+            f"{ft.base_source}: its decoder's activation '{activation}' has no audiocraft counterpart (gelu, relu)"
+        )
+    try:  # refuse before writing anything: audiocraft loads the text encoder by name
+        text_encoder = audiocraft_text_encoder(config.text_encoder)
+    except AudiocraftFormatError as err:
+        raise ExportError(f"{ft.adapter_source or ft.base_source}: cannot export for audiocraft: {err}") from None
+    model = _merged_model(ft).float()
     best_state = to_audiocraft(model.state_dict(), int(config.decoder.hidden_size))
     best_state = {k: v.detach().cpu().contiguous().clone() for k, v in best_state.items()}
     pkg = {
         "best_state": best_state,
-        "xp.cfg": xp_config(config, _text_encoder_name(config), segment_duration),
+        "xp.cfg": xp_config(config, text_encoder, segment_duration),
         "version": f"musiclit-{__version__}",
         "exported": True,
     }
@@ -170,19 +172,41 @@ def read_audiocraft(folder: str | Path, trust_pickle: bool = False) -> tuple[dic
     return best, cfg
 
 
+def _check_codec_pointer(folder: Path) -> None:
+    """``compression_state_dict.bin`` must point at the 32 kHz EnCodec the base's codec is (when present)."""
+    import pickle
+
+    import torch
+
+    path = folder / "compression_state_dict.bin"
+    if not path.is_file():
+        return
+    try:
+        codec = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError) as err:
+        raise ExportError(f"{path}: cannot read it ({str(err).splitlines()[0]})") from None
+    pointer = codec.get("pretrained") if isinstance(codec, dict) else None
+    if pointer != "facebook/encodec_32khz":
+        raise ExportError(
+            f"{path}: the LM's codec is {pointer or 'a codec trained with it (weights in the file)'}, not "
+            "facebook/encodec_32khz: its codes mean something else to the base's codec"
+        )
+
+
 def import_audiocraft(
     folder: str | Path, base: str, out: str | Path, force: bool = False, trust_pickle: bool = False, init_seed: int = 0
 ) -> Path:
     """Build a transformers MusicGen folder from an audiocraft-format LM plus a base's text encoder and codec."""
     import torch
 
-    from musiclit.model.audiocraft import CHROMA_AC, AudiocraftFormatError, decoder_sizes, from_audiocraft
+    from musiclit.model.audiocraft import CHROMA_AC, AudiocraftFormatError, decoder_config, from_audiocraft
     from musiclit.model.musicgen import ModelLoadError, describe, load_musicgen, model_classes, save_model_folder
 
     folder = Path(folder)
     best, cfg = read_audiocraft(folder, trust_pickle)
+    _check_codec_pointer(folder)
     try:
-        sizes = decoder_sizes(cfg)
+        decoder_config(cfg)  # before loading the base: the LM's own fields
     except AudiocraftFormatError as err:
         raise ExportError(f"{folder / 'state_dict.bin'}: {err}") from None
     try:
@@ -197,10 +221,17 @@ def import_audiocraft(
             f"{'a melody model' if loaded.melody else 'not a melody model'}: give a base of the same kind "
             "(e.g. facebook/musicgen-melody for a melody fine-tune)"
         )
+    try:
+        sizes = decoder_config(cfg, base_model.config.text_encoder)
+    except AudiocraftFormatError as err:
+        raise ExportError(f"{folder / 'state_dict.bin'} onto the base '{base}': {err}") from None
+    if int(cfg.get("sample_rate", 32000)) != int(base_model.config.audio_encoder.sampling_rate):
+        raise ExportError(
+            f"{folder / 'state_dict.bin'}: xp.cfg sample_rate is {cfg.get('sample_rate')}, the base's codec runs at "
+            f"{base_model.config.audio_encoder.sampling_rate} Hz"
+        )
     config_dict = base_model.config.to_dict()
     config_dict["decoder"].update(sizes)
-    channels = int(cfg.get("channels", 1) or 1)
-    config_dict["decoder"]["audio_channels"] = channels
     config_class, model_class = model_classes(base_model.config.model_type)
     config = config_class.from_dict(config_dict)
     with torch.random.fork_rng(devices=[]):

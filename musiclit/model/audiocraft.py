@@ -126,9 +126,15 @@ def to_audiocraft(state: dict[str, Any], hidden_size: int) -> dict[str, Any]:
 
 
 def from_audiocraft(best_state: dict[str, Any], hidden_size: int) -> dict[str, Any]:
-    """transformers state-dict entries (decoder + ``enc_to_dec_proj``) from an audiocraft ``best_state``."""
+    """transformers state-dict entries (decoder + ``enc_to_dec_proj``) from an audiocraft ``best_state``.
+
+    LMs trained with ``memory_efficient: false`` (and ``custom: false``) keep their attention in a
+    ``torch.nn.MultiheadAttention`` under ``.mha.``: the same fused q/k/v layout, mapped the same way
+    (audiocraft itself loads either layout into either kind of attention).
+    """
     out: dict[str, Any] = {}
     for key, value in best_state.items():
+        key = re.sub(r"\.(self_attn|cross_attention)\.mha\.", r".\1.", key)
         if key.startswith(PROJ_AC):
             out[PROJ_HF + key[len(PROJ_AC) :]] = value
             continue
@@ -261,25 +267,213 @@ def xp_config(model_config: Any, text_encoder_name: str, segment_duration: float
     return cfg
 
 
-def decoder_sizes(cfg: dict[str, Any]) -> dict[str, int]:
-    """transformers decoder sizes from an ``xp.cfg`` (hidden, layers, heads, ffn, codebooks, vocabulary)."""
+# audiocraft's T5 conditioner builds the text encoder by name (T5Conditioner.MODELS) and sizes its output
+# projection from its table of widths (MODELS_DIMS; its MODELS also lists google/flan-t5-xl and -xxl, which
+# that table lacks, so audiocraft cannot build them). Each name's architecture as in its hub config:
+# (d_model, num_layers, num_heads, gated feed-forward).
+AUDIOCRAFT_T5: dict[str, tuple[int, int, int, bool]] = {
+    "t5-small": (512, 6, 8, False),
+    "t5-base": (768, 12, 12, False),
+    "t5-large": (1024, 24, 16, False),
+    "t5-3b": (1024, 24, 32, False),
+    "t5-11b": (1024, 24, 128, False),
+    "google/flan-t5-small": (512, 8, 6, True),
+    "google/flan-t5-base": (768, 12, 12, True),
+    "google/flan-t5-large": (1024, 24, 16, True),
+}
+# the hub moved the original T5 checkpoints under google-t5/; configs saved since name them so
+_T5_ALIASES = {f"google-t5/{name}": name for name in AUDIOCRAFT_T5 if name.startswith("t5-")}
+
+
+def audiocraft_text_encoder(text_config: Any) -> str:
+    """The name audiocraft loads this text encoder by (its ``conditioners.description.t5.name``).
+
+    Raises:
+        AudiocraftFormatError: The text encoder is not one audiocraft can build (no name, another name, or
+            an architecture that is not the named model's): audiocraft would load another encoder (or fail
+            with a size mismatch in the text projection).
+    """
+    name = str(getattr(text_config, "_name_or_path", "") or "")
+    name = _T5_ALIASES.get(name, name)
+    width = int(getattr(text_config, "d_model", getattr(text_config, "hidden_size", 0)))
+    layers = int(getattr(text_config, "num_layers", 0))
+    heads = int(getattr(text_config, "num_heads", 0))
+    gated = bool(getattr(text_config, "is_gated_act", False))
+    known = ", ".join(AUDIOCRAFT_T5)
+    what = f"'{name}'" if name else "unnamed"
+    if name not in AUDIOCRAFT_T5:
+        raise AudiocraftFormatError(
+            f"its text encoder ({what}, width {width}) is not one audiocraft can load: audiocraft builds the "
+            f"text encoder by name, from {known} (every released MusicGen uses t5-base); a model trained on "
+            "another text encoder can be exported as --format merged or peft"
+        )
+    want = AUDIOCRAFT_T5[name]
+    if (width, layers, heads, gated) != want:
+        raise AudiocraftFormatError(
+            f"its text encoder is named '{name}' but is not {name}'s architecture (width {width}, {layers} layers, "
+            f"{heads} heads{', gated' if gated else ''}; {name}: width {want[0]}, {want[1]} layers, {want[2]} heads"
+            f"{', gated' if want[3] else ''}): audiocraft would load the real {name} "
+            f"({'another function' if width == want[0] else 'a size mismatch in the text projection'})"
+        )
+    return name
+
+
+# audiocraft builds the LM from xp.cfg with its classes' defaults for absent keys (it merges nothing):
+# LMModel(norm_first=False, bias_proj=True, hidden_scale=4, norm="layer_norm"), StreamingTransformer(causal=False,
+# positional_embedding="sin", max_period=10000, positional_scale=1, bias_ff/bias_attn=True, ...), and
+# nn.TransformerEncoderLayer's activation "relu"
+_LM_DEFAULTS: dict[str, Any] = {
+    "norm_first": False, "norm": "layer_norm", "bias_proj": True, "bias_ff": True, "bias_attn": True,
+    "activation": "relu", "causal": False, "past_context": None, "layer_scale": None,
+    "positional_embedding": "sin", "max_period": 10000, "positional_scale": 1.0, "xpos": False,
+    "qk_layer_norm": False, "qk_layer_norm_cross": False, "kv_repeat": 1, "hidden_scale": 4,
+}  # fmt: skip
+# what transformers' MusicgenForCausalLM computes (pre-norm, no biases, causal, sinusoidal positions with
+# period 10000 added unscaled), field by field; anything else is another function with the same weights
+_LM_REQUIRED: dict[str, tuple[Any, str]] = {
+    "norm_first": (True, "transformers' MusicGen decoder is pre-norm"),
+    "norm": ("layer_norm", "transformers' MusicGen decoder uses LayerNorm"),
+    "bias_proj": (False, "transformers' MusicGen output heads have no bias"),
+    "bias_ff": (False, "transformers' MusicGen feed-forward layers have no bias"),
+    "bias_attn": (False, "transformers' MusicGen attention has no bias"),
+    "causal": (True, "transformers' MusicGen self-attention is causal"),
+    "past_context": (None, "transformers' MusicGen attends to the whole past"),
+    "layer_scale": (None, "transformers' MusicGen has no layer scale"),
+    "positional_embedding": ("sin", "transformers' MusicGen uses sinusoidal positions only"),
+    "max_period": (10000, "transformers' MusicGen sinusoids have period 10000"),
+    "positional_scale": (1.0, "transformers' MusicGen adds its positions unscaled"),
+    "xpos": (False, "transformers' MusicGen has no xpos"),
+    "qk_layer_norm": (False, "transformers' MusicGen has no query/key norms"),
+    "qk_layer_norm_cross": (False, "transformers' MusicGen has no query/key norms"),
+    "kv_repeat": (1, "transformers' MusicGen has one key/value head per query head"),
+}
+# audiocraft activation -> transformers' activation_function (both exact: torch's F.gelu / F.relu)
+_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
+
+
+def _field(cfg: dict[str, Any], path: str, default: Any) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def decoder_config(cfg: dict[str, Any], text_config: Any = None) -> dict[str, Any]:
+    """transformers ``MusicgenDecoderConfig`` fields for the LM an ``xp.cfg`` describes, after checking that
+    every field that changes its function (without changing its weights) is one transformers can express.
+
+    Args:
+        cfg: The experiment config (a plain dict).
+        text_config: The text-encoder config of the base the LM is imported onto (checked against the
+            conditioner the LM was trained with), or None.
+
+    Raises:
+        AudiocraftFormatError: Names the first field transformers cannot express, and why.
+    """
+    from musiclit.model.delay import codebook_delays
+
+    def refuse(path: str, value: Any, why: str) -> AudiocraftFormatError:
+        return AudiocraftFormatError(
+            f"xp.cfg {path} is {value!r}: {why}; the imported model would compute something else"
+        )
+
+    if _field(cfg, "lm_model", "transformer_lm") != "transformer_lm":
+        raise refuse("lm_model", cfg.get("lm_model"), "musiclit imports MusicGen's transformer_lm")
+    lm = cfg.get("transformer_lm")
+    if not isinstance(lm, dict):
+        raise AudiocraftFormatError("xp.cfg lacks the transformer_lm section")
     try:
-        lm = cfg["transformer_lm"]
         dim = int(lm["dim"])
-        sizes = {
+        n_q = int(lm["n_q"])
+        out: dict[str, Any] = {
             "hidden_size": dim,
             "num_hidden_layers": int(lm["num_layers"]),
             "num_attention_heads": int(lm["num_heads"]),
-            "ffn_dim": int(float(lm.get("hidden_scale", 4)) * dim),
-            "num_codebooks": int(lm["n_q"]),
+            "ffn_dim": int(float(lm.get("hidden_scale", _LM_DEFAULTS["hidden_scale"])) * dim),
+            "num_codebooks": n_q,
             "vocab_size": int(lm["card"]),
         }
     except (KeyError, TypeError, ValueError) as err:
         raise AudiocraftFormatError(f"xp.cfg lacks the transformer_lm sizes ({err})") from None
+    for key, (want, why) in _LM_REQUIRED.items():
+        value = lm.get(key, _LM_DEFAULTS[key])
+        if value != want and not (isinstance(want, float) and isinstance(value, (int, float)) and float(value) == want):
+            missing = "" if key in lm else " (absent: audiocraft's default)"
+            raise refuse(f"transformer_lm.{key}", value, why + missing)
+    activation = lm.get("activation", _LM_DEFAULTS["activation"])
+    if activation not in _ACTIVATIONS:
+        raise refuse(
+            "transformer_lm.activation", activation, "transformers' MusicGen decoder supports gelu and relu here"
+        )
+    out["activation_function"] = _ACTIVATIONS[activation]
+    channels = int(cfg.get("channels", 1) or 1)
+    if channels not in (1, 2):
+        raise refuse("channels", channels, "MusicGen is mono or stereo")
+    if channels == 2 and (
+        not _field(cfg, "interleave_stereo_codebooks.use", False)
+        or _field(cfg, "interleave_stereo_codebooks.per_timestep", False)
+    ):
+        raise refuse(
+            "interleave_stereo_codebooks", cfg.get("interleave_stereo_codebooks"),
+            "transformers' stereo MusicGen interleaves left/right codebooks (use: true, per_timestep: false)",
+        )  # fmt: skip
+    out["audio_channels"] = channels
     pattern = cfg.get("codebooks_pattern") or {}
-    if pattern.get("modeling", "delay") != "delay":
-        raise AudiocraftFormatError(f"codebooks_pattern.modeling is {pattern.get('modeling')!r}; MusicGen uses 'delay'")
-    for flag in ("bias_ff", "bias_attn"):
-        if lm.get(flag):
-            raise AudiocraftFormatError(f"transformer_lm.{flag} is true; transformers' MusicGen has no such biases")
-    return sizes
+    modeling = pattern.get("modeling", "delay")
+    if modeling != "delay":
+        raise refuse("codebooks_pattern.modeling", modeling, "MusicGen uses the delay pattern")
+    want_delays = codebook_delays(n_q, channels)
+    delays = _field(pattern, "delay.delays", None)
+    delays = list(range(n_q)) if delays is None else [int(d) for d in delays]
+    if delays != want_delays:
+        raise refuse(
+            "codebooks_pattern.delay.delays", delays, f"transformers' MusicGen delays codebooks by {want_delays}"
+        )
+    for key in ("flatten_first", "empty_initial"):
+        if int(_field(pattern, f"delay.{key}", 0) or 0) != 0:
+            raise refuse(f"codebooks_pattern.delay.{key}", _field(pattern, f"delay.{key}", 0), "MusicGen uses 0")
+    fuser = cfg.get("fuser") or {}
+    if fuser.get("cross_attention_pos_emb", False):
+        raise refuse(
+            "fuser.cross_attention_pos_emb", True, "transformers' MusicGen adds no positions to the text states"
+        )
+    for key in ("sum", "prepend", "input_interpolate"):
+        if fuser.get(key):
+            raise refuse(
+                f"fuser.{key}", fuser[key], "transformers' MusicGen conditions on the text by cross-attention only"
+            )
+    if list(fuser.get("cross") or []) != ["description"]:
+        raise refuse("fuser.cross", fuser.get("cross"), "transformers' MusicGen cross-attends to the text description")
+    conditioners = cfg.get("conditioners") or {}
+    if set(conditioners) != {"description"}:
+        raise refuse(
+            "conditioners", sorted(conditioners), "musiclit imports text-conditioned MusicGen (a description only)"
+        )
+    description = conditioners["description"] or {}
+    if description.get("model") != "t5":
+        raise refuse("conditioners.description.model", description.get("model"), "MusicGen's text encoder is T5")
+    t5 = description.get("t5") or {}
+    if t5.get("normalize_text", False):
+        raise refuse("conditioners.description.t5.normalize_text", True, "audiocraft normalises (lemmatises) the text")
+    name = t5.get("name")
+    if text_config is not None:
+        # a base whose text encoder audiocraft knows must be the one the LM was trained with (same width,
+        # other weights: t5-base and flan-t5-base); another base is the user's choice (its width is
+        # checked by the text projection's shape)
+        try:
+            base_name = audiocraft_text_encoder(text_config)
+        except AudiocraftFormatError:
+            base_name = None
+        if base_name is not None and name != base_name:
+            why = f"the base's text encoder is {base_name}: import onto a base with {name}"
+            raise refuse("conditioners.description.t5.name", name, why)
+    return out
+
+
+def decoder_sizes(cfg: dict[str, Any]) -> dict[str, int]:
+    """transformers decoder sizes from an ``xp.cfg`` (hidden, layers, heads, ffn, codebooks, vocabulary)."""
+    config = decoder_config(cfg)
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "num_codebooks", "vocab_size")
+    return {k: config[k] for k in keys}

@@ -83,6 +83,95 @@ def _resolve_source(source: str, search: Sequence[Path] = ()) -> str:
     return source
 
 
+# files of a model folder that decide what it computes (weights, config, text tokenizer)
+_BASE_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer.json", "spiece.model")
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    """``org/name`` (one slash, no path prefix, no file suffix): what the hub accepts; anything else is a path."""
+    return (
+        source.count("/") == 1
+        and not source.startswith((".", "/", "~"))
+        and not source.endswith(".json")
+        and "\\" not in source
+    )
+
+
+def base_fingerprint(source: str, init_seed: int = 0) -> dict[str, Any]:
+    """Where a base model really is and what it holds, for a checkpoint to record.
+
+    Returns ``{"source": as given, "kind": "hub" | "folder" | "config", "path": absolute path (local only),
+    "init_seed", "files": {name: {"size", "mtime_ns", "sha256"}}}``: a config ``.json`` (random init from
+    ``init_seed``) or a model folder's config, weights and tokenizer files, hashed.
+    """
+    from musiclit.io import file_sha256
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        return {"source": source, "kind": "hub", "init_seed": int(init_seed)}
+    path = path.resolve()
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted({f for pattern in _BASE_FILES for f in path.glob(pattern) if f.is_file()})
+    record: dict[str, Any] = {"source": source, "kind": "config" if path.is_file() else "folder", "path": str(path)}
+    record["init_seed"] = int(init_seed)
+    record["files"] = {
+        f.name: {"size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns, "sha256": file_sha256(f)} for f in files
+    }
+    return record
+
+
+def base_differs(record: dict[str, Any], path: Path) -> str | None:
+    """Why the base at ``path`` is not the one ``record`` describes (None when it is). A file whose size and
+    modification time are as recorded is trusted without re-hashing (gigabytes of weights)."""
+    from musiclit.io import file_sha256
+
+    for name, want in (record.get("files") or {}).items():
+        f = path if path.is_file() else path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        st = f.stat()
+        if (st.st_size, st.st_mtime_ns) == (want["size"], want["mtime_ns"]):
+            continue
+        if st.st_size != want["size"] or file_sha256(f) != want["sha256"]:
+            return f"{name} has changed"
+    return None
+
+
+def _find_base(ckpt_path: Path, given: str, record: dict[str, Any] | None) -> str:
+    """The base a checkpoint was trained on: where it recorded it, else its ``pretrained`` resolved against
+    the working folder and the checkpoint's folders; checked against the recorded hashes."""
+    candidates: list[Path] = []
+    if record and record.get("path"):
+        candidates.append(Path(record["path"]))
+    if given and (record or {}).get("kind") != "hub":
+        rel = Path(given).expanduser()
+        if rel.is_absolute():
+            candidates.append(rel)
+        else:
+            candidates += [Path.cwd() / rel] + [folder / rel for folder in list(ckpt_path.resolve().parents)[:4]]
+    tried: list[str] = []
+    for candidate in candidates:
+        if str(candidate) in tried:
+            continue
+        tried.append(str(candidate))
+        if candidate.exists():
+            reason = base_differs(record, candidate) if record else None
+            if reason:
+                raise FineTuneError(
+                    f"{ckpt_path}: the base model at {candidate} is not the one it was trained on ({reason} since "
+                    f"training); pass --model {candidate} to use it anyway"
+                )
+            return str(candidate.resolve())
+    if (record or {}).get("kind") == "hub" or (record is None and _looks_like_hub_id(given)):
+        return given
+    raise FineTuneError(
+        f"{ckpt_path}: its base model '{given}' is not found (tried {', '.join(tried) or 'nothing'}); "
+        "pass --model with the base model it was trained on"
+    )
+
+
 def _load_base(source: str, init_seed: int, what: str) -> Any:
     from musiclit.model.musicgen import ModelLoadError, load_musicgen
 
@@ -156,7 +245,11 @@ def _load_checkpoint(path: Path, model_override: str | None, init_seed: int | No
     ckpt = read_checkpoint(path)
     hp = ckpt["hyper_parameters"]
     seed = int(hp.get("init_seed", 0) if init_seed is None else init_seed)
-    source = _resolve_source(model_override or str(hp.get("pretrained", "")), list(path.resolve().parents)[:4])
+    if model_override:
+        source = _resolve_source(model_override, list(path.resolve().parents)[:4])
+    else:
+        record = (ckpt.get("musiclit") or {}).get("base")
+        source = _find_base(path, str(hp.get("pretrained", "")), record if isinstance(record, dict) else None)
     loaded = _load_base(source, seed, str(path))
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     lora = _lora_dict(hp.get("lora"))

@@ -6,6 +6,7 @@ import hashlib
 import re
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -15,6 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from musiclit.errors import ConfigError
 from musiclit.model.codec import encode_audio
 from musiclit.model.delay import codebook_delays
+from musiclit.model.finetune import base_fingerprint
 from musiclit.model.lora import (
     LoraSettings,
     apply_lora,
@@ -107,8 +109,13 @@ class MusicGenModule(L.LightningModule):
         self.lora_weight_decay = float(getattr(lora, "weight_decay", 0.0) or 0.0)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_cache_used = 0
-        # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`
+        # checkpoints hold trainable weights only; the frozen base is rebuilt from `pretrained`, which they
+        # record by absolute path and hash (resolved now: the working folder may change before a save)
         self.strict_loading = False
+        self._base_path = (
+            str(Path(pretrained).expanduser().resolve()) if Path(pretrained).expanduser().exists() else None
+        )
+        self._base_record: dict[str, Any] | None = None
 
         loaded = load_musicgen(pretrained, init_seed=init_seed)
         self.tokenizer = loaded.tokenizer
@@ -405,7 +412,10 @@ class MusicGenModule(L.LightningModule):
         """Keep only trainable weights: a LoRA checkpoint of a 1.5B model is megabytes."""
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["musiclit"] = {"trainable_keys": sorted(keep)}
+        if self._base_record is None:  # hashed once per run (a base is gigabytes)
+            self._base_record = base_fingerprint(self._base_path or self.hparams.pretrained, self.hparams.init_seed)
+            self._base_record["source"] = self.hparams.pretrained
+        checkpoint["musiclit"] = {"trainable_keys": sorted(keep), "base": self._base_record}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint holds every trainable weight of this module (right base, right LoRA)."""
