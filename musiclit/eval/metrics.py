@@ -23,6 +23,7 @@ All functions take numpy arrays (or anything ``np.asarray`` accepts) of shape (N
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,10 +74,15 @@ def frechet_distance(
             f"{sigma_b.shape})"
         )
     diff = mu_a - mu_b
-    covmean = linalg.sqrtm(sigma_a @ sigma_b)
-    if not np.all(np.isfinite(covmean)):
-        offset = np.eye(sigma_a.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    product = sigma_a @ sigma_b
+    with warnings.catch_warnings():
+        # scipy warns when the product is singular; the result is checked below instead (X @ X must give it back)
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(product)
+        scale = max(float(np.abs(product).max()), 1e-300)
+        if not np.all(np.isfinite(covmean)) or np.abs(covmean @ covmean - product).max() > 1e-6 * scale:
+            offset = np.eye(sigma_a.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
     if np.iscomplexobj(covmean):
         # rounding leaves tiny imaginary parts on a product of PSD matrices; a large one is a real problem
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3 * max(1.0, np.abs(covmean).max())):

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 from musiclit.infer.sampler import GenerateError, GenerationParams, GenerationResult, Generator
-from musiclit.io import atomic_write_json, file_sha256
+from musiclit.io import atomic_path, atomic_write_json, file_sha256
 
 
 @dataclass
@@ -72,8 +74,14 @@ def write_samples(
     formats: Sequence[str] = ("wav",),
     sample_offset: int = 0,
     prompt_audio: str | None = None,
+    save_codes: bool = False,
 ) -> list[Path]:
-    """Write each sample as WAV/FLAC with a JSON beside it holding the prompt, seed and every parameter."""
+    """Write each sample as WAV/FLAC with a JSON beside it holding the prompt, seed and every parameter.
+
+    With ``save_codes`` the sample's codec codes (K, T) are also written as ``<stem>.codes.npy`` (int16):
+    the exact tokens the model chose, which the memorisation check compares with the training tokens
+    (re-encoding the audio would not give them back exactly).
+    """
     from musiclit import __version__
     from musiclit.data.audio import write_audio
 
@@ -91,6 +99,10 @@ def write_samples(
             write_audio(path, result.audio[i].numpy(), result.sample_rate)
             files.append(path.name)
             written.append(path)
+        if save_codes:
+            with atomic_path(out_dir / f"{stem}.codes.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, result.codes[i].numpy().astype(np.int16))
+            files.append(f"{stem}.codes.npy")
         p = asdict(params)
         p["seed"] = seed
         meta = {

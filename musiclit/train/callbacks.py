@@ -1,5 +1,6 @@
 """Callbacks: checkpoints that resume exactly however a run stopped, a clean stop on SIGTERM/Ctrl-C, the peft
-adapter written at the end of training, audio samples logged while training, and the demo's loss report."""
+adapter written at the end of training, samples during training, early stopping on the validation loss, the
+evaluation at the end of fit, and the demo's loss report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from musiclit.errors import MusiclitError
 
@@ -126,33 +127,106 @@ class NonFiniteGuard(Callback):
 
 
 class SampleLogger(Callback):
-    """Generate short samples after validation, write WAVs into ``<run>/samples/`` and send them to loggers.
+    """Samples during training: fixed prompts and seeds, the base model once at the start, the fine-tune as it
+    trains. Files go to ``<run>/samples/base/`` and ``<run>/samples/step_NNNNNNN/``, one sub-folder per guidance
+    scale (``cfg1``, ``cfg3``) plus ``unconditional/``: per sample a WAV, the JSON that describes it (prompt, seed,
+    parameters), its codes (``.codes.npy``, for the memorisation check) and a spectrogram PNG. Audio and
+    spectrograms also go to TensorBoard and W&B when they are active.
+
+    Sampling is musiclit's sampler (:class:`~musiclit.infer.sampler.Generator`) run on the model being trained
+    as it is (its device, dtypes and adapters untouched; eval mode and the trainer's autocast while sampling,
+    the codec outside autocast). The base model is the same model with the adapter at strength 0 (LoRA); a full
+    fine-tune has base samples only when training starts from step 0.
 
     Args:
         prompts: Texts to generate from (empty: no samples).
         seconds: Length of each sample.
-        every_n_epochs: Generate after every n-th validation epoch.
-        guidance_scale: CFG scale used for the samples.
-        seed: Sampling seed (fixed, so samples from different steps compare like for like).
+        every_n_steps: Sample every n optimiser steps; 0 samples after validation instead (every
+            ``every_n_epochs``-th validation epoch).
+        every_n_epochs: With ``every_n_steps`` 0: sample after every n-th validation epoch.
+        guidance_scales: Classifier-free guidance scales; every prompt is sampled at each (1 = no guidance).
+        unconditional: Also one sample without text.
+        base: Sample the base model once, when training starts (into ``samples/base``).
+        seed: Prompt i uses seed ``seed + i`` at every step, so steps compare like for like.
+        top_k: Top-k sampling.
+        spectrograms: Write (and log) a spectrogram PNG of every sample.
     """
 
     def __init__(
         self,
         prompts: list[str] | None = None,
         seconds: float = 8.0,
+        every_n_steps: int = 0,
         every_n_epochs: int = 1,
-        guidance_scale: float = 3.0,
+        guidance_scales: list[float] | None = None,
+        unconditional: bool = True,
+        base: bool = True,
         seed: int = 0,
+        top_k: int = 250,
+        spectrograms: bool = True,
     ) -> None:
         self.prompts = list(prompts or [])
         self.seconds = seconds
+        self.every_n_steps = max(0, every_n_steps)
         self.every_n_epochs = max(1, every_n_epochs)
-        self.guidance_scale = guidance_scale
+        self.guidance_scales = [1.0, 3.0] if guidance_scales is None else [float(g) for g in guidance_scales]
+        self.unconditional = unconditional
+        self.base = base
         self.seed = seed
+        self.top_k = top_k
+        self.spectrograms = spectrograms
+        self._last_step = -1
+
+    # ------------------------------------------------------------------ when
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The base model's samples, once per run."""
+        if not self.prompts or not self.base or not trainer.is_global_zero:
+            return
+        folder = run_dir(trainer) / "samples" / "base"
+        if folder.is_dir() and any(folder.rglob("*.wav")):
+            return  # a resumed run: the base samples exist
+        from peft import PeftModel
+
+        if isinstance(getattr(pl_module, "model", None), PeftModel):
+            self._sample(trainer, pl_module, folder, scale=0.0)
+        elif trainer.global_step == 0:  # a full fine-tune is the base model only before its first step
+            self._sample(trainer, pl_module, folder, scale=1.0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """Every ``every_n_steps`` optimiser steps."""
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._sample(trainer, pl_module, run_dir(trainer) / "samples" / f"step_{step:07d}")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Generate and log the samples."""
-        if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero:
+        """After validation (when ``every_n_steps`` is 0)."""
+        if self.every_n_steps or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        step = trainer.global_step
+        if step != self._last_step:
+            self._sample(trainer, pl_module, run_dir(trainer) / "samples" / f"step_{step:07d}")
+
+    # ------------------------------------------------------------------ how
+    def _generator(self, pl_module: Any) -> Any:
+        from peft import PeftModel
+
+        from musiclit.infer.sampler import Generator
+        from musiclit.model.finetune import FineTune
+        from musiclit.model.musicgen import LoadedMusicGen
+
+        loaded = LoadedMusicGen(
+            model=pl_module.base, tokenizer=pl_module.tokenizer, sample_rate=pl_module.sample_rate,
+            frame_rate=pl_module.frame_rate, num_codebooks=pl_module.num_codebooks,
+            audio_channels=pl_module.audio_channels, pad_token_id=pl_module.special_token,
+        )  # fmt: skip
+        hp = getattr(pl_module, "hparams", {})
+        kind = "lora" if isinstance(pl_module.model, PeftModel) else "full"
+        finetune = FineTune(pl_module.model, loaded, kind, str(hp.get("pretrained", "")), None,
+                            int(hp.get("init_seed", 0)))  # fmt: skip
+        return Generator(finetune, prepare=False)
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path, scale: float = 1.0) -> None:
+        if not self.prompts or not trainer.is_global_zero:
             return
         from musiclit.train.strategies import is_sharded
 
@@ -161,37 +235,154 @@ class SampleLogger(Callback):
                 print("musiclit: in-training samples are skipped under FSDP; generate from a checkpoint instead")
                 self._warned = True
             return
-        if trainer.current_epoch % self.every_n_epochs:
-            return
-        from musiclit.data.audio import write_audio
-        from musiclit.train.sampling import sample_audio
+        import torch
 
-        with trainer.precision_plugin.forward_context():  # frozen weights may be bf16 (autocast mixes dtypes)
-            audio = sample_audio(
-                pl_module.base,
-                pl_module.tokenizer,
-                self.prompts,
-                self.seconds,
-                pl_module.frame_rate,
-                guidance_scale=self.guidance_scale,
-                seed=self.seed,
-            )
-        folder = run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}"
-        for i, (prompt, wav) in enumerate(zip(self.prompts, audio, strict=False)):
-            write_audio(folder / f"{i:02d}.wav", wav.numpy(), pl_module.sample_rate)
-            for logger in trainer.loggers:
-                experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_audio"):  # TensorBoard
-                    experiment.add_audio(f"samples/{i:02d}", wav[0], trainer.global_step, pl_module.sample_rate)
-                elif type(logger).__name__ == "WandbLogger":
-                    logger.log_audio(  # type: ignore[attr-defined]
-                        key=f"samples/{i:02d}",
-                        audios=[wav[0].numpy()],
-                        sample_rate=[pl_module.sample_rate],
-                        caption=[prompt],
-                        step=trainer.global_step,
-                    )
-        (folder / "prompts.txt").write_text("\n".join(self.prompts) + "\n", encoding="utf-8")
+        from musiclit.eval.plots import spectrogram_db, spectrogram_image, write_spectrogram
+        from musiclit.infer.sampler import GenerationParams, GenerationResult
+        from musiclit.infer.samples import write_samples
+        from musiclit.io import atomic_folder
+
+        self._last_step = trainer.global_step
+        gen = self._generator(pl_module)
+        jobs = [(f"cfg{g:g}", list(self.prompts), g) for g in self.guidance_scales]
+        if self.unconditional:
+            jobs.append(("unconditional", [""], 1.0))
+        was_training = pl_module.training
+        pl_module.eval()
+        written: list[tuple[str, str, Path]] = []
+        try:
+            with atomic_folder(folder, force=True) as tmp:
+                for sub, prompts, guidance in jobs:
+                    params = GenerationParams(seconds=self.seconds, guidance_scale=guidance, top_k=self.top_k,
+                                              seed=self.seed, adapter_scale=scale)  # fmt: skip
+                    seeds = [self.seed + i for i in range(len(prompts))]
+                    # the decoder under the trainer's autocast (frozen weights may be bf16); the codec in float32
+                    with trainer.precision_plugin.forward_context():
+                        codes = gen.generate_codes(prompts, params, seeds)
+                    audio = torch.cat([gen.decode(codes[i : i + 1]) for i in range(codes.shape[0])])
+                    result = GenerationResult(audio, codes.cpu(), gen.sample_rate, seeds)
+                    paths = write_samples(gen, result, prompts, params, tmp / sub, save_codes=True)
+                    for i, path in enumerate(paths):
+                        if self.spectrograms:
+                            write_spectrogram(path.with_suffix(".png"), audio[i].numpy(), gen.sample_rate)
+                        written.append((f"{sub}/{i:02d}", prompts[i] or "(unconditional)", folder / sub / path.name))
+                    for i, wav in enumerate(audio):
+                        self._log(trainer, f"samples/{'base/' if scale == 0.0 else ''}{sub}/{i:02d}",
+                                  prompts[i] or "(unconditional)", wav, gen.sample_rate,
+                                  spectrogram_image(spectrogram_db(wav.numpy(), gen.sample_rate))
+                                  if self.spectrograms else None)  # fmt: skip
+        finally:
+            pl_module.train(was_training)
+
+    def _log(self, trainer: L.Trainer, tag: str, caption: str, wav: Any, sample_rate: int, image: Any) -> None:
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_audio"):  # TensorBoard
+                experiment.add_audio(tag, wav[0], step, sample_rate)
+                if image is not None:
+                    experiment.add_image(tag + "/spectrogram", image, step, dataformats="HWC")
+            elif type(logger).__name__ == "WandbLogger":
+                logger.log_audio(  # type: ignore[attr-defined]
+                    key=tag, audios=[wav[0].numpy()], sample_rate=[sample_rate], caption=[caption], step=step
+                )
+                if image is not None:
+                    logger.log_image(key=tag + "/spectrogram", images=[image], caption=[caption], step=step)  # type: ignore[attr-defined]
+
+
+class Evaluation(Callback):
+    """``evaluate`` at the end of ``fit`` (results to ``<run>/eval``, every active logger and the report).
+
+    Off by default: it generates samples and scores the validation set again (cost in docs/evaluate.md). The
+    fine-tune it evaluates is the checkpoint of the best validation loss when early stopping kept one,
+    else the final adapter (or ``last.ckpt`` for a full fine-tune).
+
+    Args:
+        enabled: Run the evaluation when fit ends.
+        prompts: Validation captions used as sample prompts.
+        samples_per_prompt: Samples per prompt (base and tuned alike).
+        seconds: Length of each sample.
+        guidance_scale: CFG scale of the samples.
+        copying: Run the memorisation check.
+        threads: CPU threads for torch during the evaluation (0: auto).
+    """
+
+    def __init__(
+        self,
+        enabled: bool = False,
+        prompts: int = 4,
+        samples_per_prompt: int = 2,
+        seconds: float = 8.0,
+        guidance_scale: float = 3.0,
+        copying: bool = True,
+        threads: int = 0,
+    ) -> None:
+        self.enabled = enabled
+        self.settings = {"prompts": prompts, "samples_per_prompt": samples_per_prompt, "seconds": seconds,
+                         "guidance_scale": guidance_scale, "copying": copying, "threads": threads}  # fmt: skip
+        self.report: dict[str, Any] | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate, log, rebuild the report."""
+        if not self.enabled or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        import torch
+
+        from musiclit.eval.evaluate import format_summary, run_evaluation, scalars
+        from musiclit.eval.report import build_report
+        from musiclit.eval.run import best_checkpoint, resolve_run
+        from musiclit.eval.settings import EvalSettings
+
+        run = run_dir(trainer)
+        best = best_checkpoint(run)
+        which = "best" if best is not None and best[2] is not None and best[2].name.startswith("best-") else "final"
+        info = resolve_run(run, None, which)
+        device = "cuda" if pl_module.device.type == "cuda" else "cpu"
+        threads = torch.get_num_threads()
+        try:
+            self.report = run_evaluation(info, EvalSettings(**self.settings, device=device), progress=False)
+        finally:
+            torch.set_num_threads(threads)
+        values = scalars(self.report)
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+            logger.save()
+        build_report(run)
+        print(format_summary(self.report), flush=True)
+
+
+class EarlyStop(EarlyStopping):
+    """Early stopping on the validation loss, as one switch: ``early_stopping.enabled: true``.
+
+    Stops when ``val/loss`` has not improved by ``min_delta`` for ``patience`` validations. When enabled, ``fit``
+    also keeps the checkpoint of the best validation loss (``checkpoints/best-NNNNNNN.ckpt``), which the report
+    marks and ``evaluate --checkpoint best`` (and the evaluation at the end of fit) uses.
+
+    Args:
+        enabled: Turn early stopping on.
+        patience: Validations without improvement before stopping.
+        min_delta: Smallest decrease of the validation loss that counts as an improvement (nats).
+    """
+
+    def __init__(self, enabled: bool = False, patience: int = 3, min_delta: float = 0.0) -> None:
+        super().__init__(monitor="val/loss", mode="min", patience=patience, min_delta=min_delta,
+                         check_on_train_epoch_end=False, strict=True)  # fmt: skip
+        self.enabled = enabled
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Only when enabled."""
+        if self.enabled:
+            super().setup(trainer, pl_module, stage)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Only when enabled."""
+        if self.enabled:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Only when enabled."""
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)
 
 
 class LossReport(Callback):
