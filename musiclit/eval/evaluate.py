@@ -185,103 +185,106 @@ def run_evaluation(
         bar.close()
         likelihood = summarize(lik, n_resamples=s.bootstrap, seed=s.seed)
 
-    # 2. samples, base and tuned, same prompts and seeds
-    prompts_once = _spread(list(dict.fromkeys(captions)), s.prompts)
-    prompts = [p for p in prompts_once for _ in range(s.samples_per_prompt)]
-    seeds = [s.seed + i for i in range(len(prompts))]
-    results: dict[str, Any] = {}
-    sample_files: dict[str, list[dict[str, Any]]] = {}
-    with _timed(timings, "samples"):
-        for name, scale in (("base", 0.0), ("tuned", top)):
-            g = models.generator(scale)
-            params = GenerationParams(
-                seconds=s.seconds,
-                guidance_scale=s.guidance_scale,
-                seed=s.seed,
-                adapter_scale=models.params_scale(scale),
-            )
-            log(f"generating {len(prompts)} {name} samples of {s.seconds:g} s (adapter scale {scale:g})")
-            result = g.generate(prompts, params, seeds, batch_size=s.batch_size)
-            results[name] = result
-            with atomic_folder(out / "samples" / name, force=True) as tmp:
-                paths = write_samples(g, result, prompts, params, tmp, save_codes=True)
+    # the samples are written into a staging folder that replaces <out>/samples only when everything succeeded
+    with atomic_folder(out / "samples", force=True) as staging:
+        # 2. samples, base and tuned, same prompts and seeds
+        prompts_once = _spread(list(dict.fromkeys(captions)), s.prompts)
+        prompts = [p for p in prompts_once for _ in range(s.samples_per_prompt)]
+        seeds = [s.seed + i for i in range(len(prompts))]
+        results: dict[str, Any] = {}
+        sample_files: dict[str, list[dict[str, Any]]] = {}
+        with _timed(timings, "samples"):
+            for name, scale in (("base", 0.0), ("tuned", top)):
+                g = models.generator(scale)
+                params = GenerationParams(
+                    seconds=s.seconds,
+                    guidance_scale=s.guidance_scale,
+                    seed=s.seed,
+                    adapter_scale=models.params_scale(scale),
+                )
+                log(f"generating {len(prompts)} {name} samples of {s.seconds:g} s (adapter scale {scale:g})")
+                result = g.generate(prompts, params, seeds, batch_size=s.batch_size)
+                results[name] = result
+                paths = write_samples(g, result, prompts, params, staging / name, save_codes=True)
                 for i, path in enumerate(paths):
                     write_spectrogram(path.with_suffix(".png"), result.audio[i].numpy(), result.sample_rate)
-            sample_files[name] = [
-                {"wav": f"samples/{name}/{p.name}", "png": f"samples/{name}/{p.with_suffix('.png').name}",
-                 "prompt": prompts[i], "seed": seeds[i]}
-                for i, p in enumerate(paths)
-            ]  # fmt: skip
+                sample_files[name] = [
+                    {"wav": f"samples/{name}/{p.name}", "png": f"samples/{name}/{p.with_suffix('.png').name}",
+                     "prompt": prompts[i], "seed": seeds[i]}
+                    for i, p in enumerate(paths)
+                ]  # fmt: skip
 
-    # 3. FAD / KAD on the codec's latents (of codes: the decoder plays no part)
-    with _timed(timings, "distances"):
-        codec = gen.base.audio_encoder
+        # 3. FAD / KAD on the codec's latents (of codes: the decoder plays no part)
+        with _timed(timings, "distances"):
+            codec = gen.base.audio_encoder
 
-        def embed(clips: list[Any]) -> np.ndarray:
-            return np.concatenate(code_embeddings(codec, clips, gen.frame_rate, s.embedding_window,
-                                                  gen.audio_channels, gen.special_token))  # fmt: skip
+            def embed(clips: list[Any]) -> np.ndarray:
+                return np.concatenate(code_embeddings(codec, clips, gen.frame_rate, s.embedding_window,
+                                                      gen.audio_channels, gen.special_token))  # fmt: skip
 
-        reference = embed([cache.get(k) for k in valid_keys])
-        distances: dict[str, Any] = {"reference": f"{len(valid)} validation clips", "window_s": s.embedding_window}
-        for name, result in results.items():
-            distances[name] = audio_distances(reference, embed(list(result.codes)))
-        if train:
-            floor = _spread(list(train_keys), max(len(valid), min(len(train), 16)))
-            distances["train_audio"] = audio_distances(reference, embed([cache.get(k) for k in floor]))
-            distances["train_audio"]["clips"] = len(floor)
-
-    # 4. memorisation
-    copying: dict[str, Any] | None = None
-    if s.copying and train:
-        with _timed(timings, "copying"):
-            log(f"indexing {len(train)} training clips (tokens and chroma)")
-            index = TrainingIndex(
-                data, [e.path for e in train], [cache.get(k) for k in train_keys],
-                lambda rel: audio_of(rel, 1), gen.sample_rate, gen.frame_rate, gen.special_token,
-                key_invariant=s.key_invariant,
-            )  # fmt: skip
-            rows = []
+            reference = embed([cache.get(k) for k in valid_keys])
+            distances: dict[str, Any] = {"reference": f"{len(valid)} validation clips", "window_s": s.embedding_window}
             for name, result in results.items():
-                for i, prompt in enumerate(prompts):
-                    label = sample_files[name][i]["wav"]
-                    rows.append(index.check(label, name, result.codes[i].numpy(), result.audio[i].numpy(), prompt))
-            planted = index.planted_controls(seed=s.seed, seconds=s.seconds, filler=results["tuned"].codes[0].numpy())
-            by_step = []
-            if s.training_samples and info.run is not None:
+                distances[name] = audio_distances(reference, embed(list(result.codes)))
+            if train:
+                floor = _spread(list(train_keys), max(len(valid), min(len(train), 16)))
+                distances["train_audio"] = audio_distances(reference, embed([cache.get(k) for k in floor]))
+                distances["train_audio"]["clips"] = len(floor)
 
-                def encode(audio: np.ndarray) -> np.ndarray:
-                    return tokenizer.encode(audio)
+        # 4. memorisation
+        copying: dict[str, Any] | None = None
+        if s.copying and train:
+            with _timed(timings, "copying"):
+                log(f"indexing {len(train)} training clips (tokens and chroma)")
+                index = TrainingIndex(
+                    data, [e.path for e in train], [cache.get(k) for k in train_keys],
+                    lambda rel: audio_of(rel, 1), gen.sample_rate, gen.frame_rate, gen.special_token,
+                    key_invariant=s.key_invariant,
+                )  # fmt: skip
+                rows = []
+                for name, result in results.items():
+                    for i, prompt in enumerate(prompts):
+                        label = sample_files[name][i]["wav"]
+                        rows.append(index.check(label, name, result.codes[i].numpy(), result.audio[i].numpy(), prompt))
+                planted = index.planted_controls(
+                    seed=s.seed, seconds=s.seconds, filler=results["tuned"].codes[0].numpy()
+                )
+                by_step = []
+                if s.training_samples and info.run is not None:
 
-                for label, folder in sample_steps(info.run):
-                    checked = check_folder(index, folder, label, lambda p: read_audio(p, gen.sample_rate, 1),
-                                           encode, relative_to=info.run)  # fmt: skip
-                    if not checked:
-                        continue
-                    by_step.append({
-                        "label": label,
-                        "step": 0 if label == "base" else int(label.split()[1]),
-                        "samples": len(checked),
-                        "flagged": sum(r.flagged for r in checked),
-                        "max_token_seconds": max((r.tokens.seconds for r in checked if r.tokens), default=0.0),
-                        "max_melody_similarity": max((r.melody.similarity for r in checked
-                                                      if r.melody and r.melody.full_window), default=None),
-                        "results": [r.as_dict() for r in checked],
-                    })  # fmt: skip
-            val = dict(zip(*read_metrics(info.run).series("val/loss"), strict=True)) if info.run else {}
-            choice = least_copying_step([r for r in by_step if r["label"] != "base"], val)
-            copying = {
-                "training_clips": len(train),
-                "token_flag_seconds": index.tokens.flag_seconds,
-                "token_ngram_frames": index.tokens.ngram,
-                "melody_threshold": index.chroma.threshold,
-                "melody_window_s": index.chroma.window / index.chroma.frame_rate,
-                "key_invariant": s.key_invariant,
-                "generic_ngrams_dropped": index.tokens.dropped_generic,
-                "samples": [r.as_dict() for r in rows],
-                "planted": planted,
-                "by_step": by_step,
-                "least_copying_step": choice,
-            }
+                    def encode(audio: np.ndarray) -> np.ndarray:
+                        return tokenizer.encode(audio)
+
+                    for label, folder in sample_steps(info.run):
+                        checked = check_folder(index, folder, label, lambda p: read_audio(p, gen.sample_rate, 1),
+                                               encode, relative_to=info.run)  # fmt: skip
+                        if not checked:
+                            continue
+                        by_step.append({
+                            "label": label,
+                            "step": 0 if label == "base" else int(label.split()[1]),
+                            "samples": len(checked),
+                            "flagged": sum(r.flagged for r in checked),
+                            "max_token_seconds": max((r.tokens.seconds for r in checked if r.tokens), default=0.0),
+                            "max_melody_similarity": max((r.melody.similarity for r in checked
+                                                          if r.melody and r.melody.full_window), default=None),
+                            "results": [r.as_dict() for r in checked],
+                        })  # fmt: skip
+                val = dict(zip(*read_metrics(info.run).series("val/loss"), strict=True)) if info.run else {}
+                choice = least_copying_step([r for r in by_step if r["label"] != "base"], val)
+                copying = {
+                    "training_clips": len(train),
+                    "token_flag_seconds": index.tokens.flag_seconds,
+                    "token_ngram_frames": index.tokens.ngram,
+                    "melody_threshold": index.chroma.threshold,
+                    "melody_window_s": index.chroma.window / index.chroma.frame_rate,
+                    "key_invariant": s.key_invariant,
+                    "generic_ngrams_dropped": index.tokens.dropped_generic,
+                    "samples": [r.as_dict() for r in rows],
+                    "planted": planted,
+                    "by_step": by_step,
+                    "least_copying_step": choice,
+                }
 
     evaluated = {
         "target": str(info.target),
@@ -367,7 +370,7 @@ def format_summary(report: dict[str, Any]) -> str:
         if name in dist:
             d = dist[name]
             label = {"train_audio": "training audio (floor)"}.get(name, f"{name} samples")
-            lines.append(f"  {label:<22}{d['fad']:10.3f}{d['kad']:10.4f}{d['n_candidate']:9d}")
+            lines.append(f"  {label:<22}{_num(d['fad']):>10}{_num(d['kad'], 4):>10}{d['n_candidate']:9d}")
     cp = report.get("copying")
     if cp:
         lines.append("")
@@ -426,8 +429,9 @@ def scalars(report: dict[str, Any]) -> dict[str, float]:
         out["eval/kl_tuned_base"] = lik["kl"]["value"]
     for name in ("base", "tuned", "train_audio"):
         if name in report["distances"]:
-            out[f"eval/fad_{name}"] = report["distances"][name]["fad"]
-            out[f"eval/kad_{name}"] = report["distances"][name]["kad"]
+            for metric in ("fad", "kad"):
+                if report["distances"][name][metric] is not None:
+                    out[f"eval/{metric}_{name}"] = report["distances"][name][metric]
     cp = report.get("copying")
     if cp:
         rows = cp["samples"]

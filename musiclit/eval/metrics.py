@@ -152,8 +152,14 @@ def audio_distances(reference: np.ndarray, candidate: np.ndarray) -> dict[str, f
     """FAD and KAD between a candidate set of embeddings and the reference set (see the module docstring).
 
     Returns:
-        ``{"fad": ..., "kad": ..., "n_reference": N_ref, "n_candidate": N_cand, "dim": D}``.
+        ``{"fad": ..., "kad": ..., "n_reference": N_ref, "n_candidate": N_cand, "dim": D}``; FAD and KAD are
+        None (with a ``note``) when either set has fewer than 2 embeddings.
     """
+    n_ref, n_cand = int(np.shape(reference)[0]), int(np.shape(candidate)[0])
+    if n_ref < 2 or n_cand < 2:
+        note = "fewer than 2 embeddings: longer or more samples needed"
+        dim = int(np.shape(reference)[1])
+        return {"fad": None, "kad": None, "n_reference": n_ref, "n_candidate": n_cand, "dim": dim, "note": note}
     ref, cand = standardize(reference, candidate)
     return {
         "fad": frechet_audio_distance(ref, cand),

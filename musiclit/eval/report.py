@@ -105,6 +105,8 @@ def _e(text: Any) -> str:
 
 
 def _player(emb: _Embedder, wav: Path, caption: str = "", png: Path | None = None) -> str:
+    if not wav.is_file():
+        return f'<div class="cell"><span class="note">{_e(caption)}: {_e(wav.name)} is missing</span></div>'
     img = emb.image(png if png is not None else wav.with_suffix(".png"), wav)
     pic = f'<img src="{img}" alt="spectrogram of {_e(wav.name)}">' if img else ""
     return (f'<div class="cell"><span class="note">{_e(caption)}</span>'
@@ -169,7 +171,9 @@ def _eval_section(ev: dict[str, Any]) -> str:
     ):
         if name in dist:
             d = dist[name]
-            out.append(f'<tr><td>{label}</td><td class="num">{d["fad"]:.3f}</td><td class="num">{d["kad"]:.4f}</td>'
+            fad = "n/a" if d["fad"] is None else f"{d['fad']:.3f}"
+            kad = "n/a" if d["kad"] is None else f"{d['kad']:.4f}"
+            out.append(f'<tr><td>{label}</td><td class="num">{fad}</td><td class="num">{kad}</td>'
                        f'<td class="num">{d["n_candidate"]}</td></tr>')  # fmt: skip
     out.append('</table><p class="note">FAD/KAD on the model\'s own EnCodec latents of the tokens (standardised by the '
                "validation set); the training audio row is what real music of this dataset scores. Perceptual "

@@ -66,6 +66,10 @@ def config_path(run: Path) -> Path | None:
 class Metrics:
     """The run's logged scalars, merged over every start (a later start wins for a step it logged again).
 
+    Steps are optimiser steps completed, as in checkpoint names (``step-0000040.ckpt`` holds the weights after
+    40 steps, and the validation run right after them is logged at step 40). Lightning's CSV stores that
+    number minus one (its 0-based index of the step); :func:`read_metrics` adds the one back.
+
     Attributes:
         rows: ``{metric name: {step: value}}``.
     """
@@ -100,7 +104,7 @@ def read_metrics(run: Path) -> Metrics:
         with path.open(newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 try:
-                    step = int(float(row.get("step") or "nan"))
+                    step = int(float(row.get("step") or "nan")) + 1
                 except ValueError:
                     continue
                 for name, text in row.items():
@@ -154,16 +158,24 @@ def _resolve_path(text: str, bases: list[Path]) -> Path | None:
 
 
 def best_checkpoint(run: Path, metrics: Metrics | None = None) -> tuple[int, float, Path | None] | None:
-    """The step with the lowest validation loss and its checkpoint file, if one was kept."""
+    """The step with the lowest validation loss and its checkpoint file, if one was kept.
+
+    With early stopping the run keeps ``best-NNNNNNN.ckpt`` (the best so far, saved right after each
+    validation); else a ``step-NNNNNNN.ckpt`` of that step may happen to exist.
+    """
     metrics = metrics or read_metrics(run)
     best = metrics.best("val/loss")
     if best is None:
         return None
     step, value = best
     folder = run / "checkpoints"
-    for pattern in (f"best-{step:07d}.ckpt", f"step-{step:07d}.ckpt"):
-        if (folder / pattern).is_file():
-            return step, value, folder / pattern
+    kept = sorted(folder.glob("best-*.ckpt"), key=lambda p: checkpoint_step(p) or -1)
+    if kept:  # what early stopping kept is the truth (on a tie it keeps the later step)
+        kept_step = checkpoint_step(kept[-1])
+        if kept_step is not None:
+            return kept_step, metrics.rows["val/loss"].get(kept_step, value), kept[-1]
+    if (folder / f"step-{step:07d}.ckpt").is_file():
+        return step, value, folder / f"step-{step:07d}.ckpt"
     return step, value, None
 
 

@@ -4,9 +4,11 @@ evaluation at the end of fit, and the demo's loss report."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,22 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from musiclit.errors import MusiclitError
+
+
+@contextlib.contextmanager
+def eval_mode(module: Any) -> Iterator[None]:
+    """Every submodule in eval mode inside the block, and back to ITS OWN mode after it.
+
+    Not ``module.train(was_training)``: that would switch on submodules that training keeps in eval mode
+    (and so change what training computes).
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -237,42 +255,35 @@ class SampleLogger(Callback):
             return
         import torch
 
-        from musiclit.eval.plots import spectrogram_db, spectrogram_image, write_spectrogram
+        from musiclit.eval.plots import png_bytes, spectrogram_db, spectrogram_image
         from musiclit.infer.sampler import GenerationParams, GenerationResult
         from musiclit.infer.samples import write_samples
-        from musiclit.io import atomic_folder
+        from musiclit.io import atomic_folder, atomic_write_bytes
 
         self._last_step = trainer.global_step
         gen = self._generator(pl_module)
         jobs = [(f"cfg{g:g}", list(self.prompts), g) for g in self.guidance_scales]
         if self.unconditional:
             jobs.append(("unconditional", [""], 1.0))
-        was_training = pl_module.training
-        pl_module.eval()
-        written: list[tuple[str, str, Path]] = []
-        try:
-            with atomic_folder(folder, force=True) as tmp:
-                for sub, prompts, guidance in jobs:
-                    params = GenerationParams(seconds=self.seconds, guidance_scale=guidance, top_k=self.top_k,
-                                              seed=self.seed, adapter_scale=scale)  # fmt: skip
-                    seeds = [self.seed + i for i in range(len(prompts))]
-                    # the decoder under the trainer's autocast (frozen weights may be bf16); the codec in float32
-                    with trainer.precision_plugin.forward_context():
-                        codes = gen.generate_codes(prompts, params, seeds)
-                    audio = torch.cat([gen.decode(codes[i : i + 1]) for i in range(codes.shape[0])])
-                    result = GenerationResult(audio, codes.cpu(), gen.sample_rate, seeds)
-                    paths = write_samples(gen, result, prompts, params, tmp / sub, save_codes=True)
-                    for i, path in enumerate(paths):
-                        if self.spectrograms:
-                            write_spectrogram(path.with_suffix(".png"), audio[i].numpy(), gen.sample_rate)
-                        written.append((f"{sub}/{i:02d}", prompts[i] or "(unconditional)", folder / sub / path.name))
-                    for i, wav in enumerate(audio):
-                        self._log(trainer, f"samples/{'base/' if scale == 0.0 else ''}{sub}/{i:02d}",
-                                  prompts[i] or "(unconditional)", wav, gen.sample_rate,
-                                  spectrogram_image(spectrogram_db(wav.numpy(), gen.sample_rate))
-                                  if self.spectrograms else None)  # fmt: skip
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), atomic_folder(folder, force=True) as tmp:
+            for sub, prompts, guidance in jobs:
+                params = GenerationParams(seconds=self.seconds, guidance_scale=guidance, top_k=self.top_k,
+                                          seed=self.seed, adapter_scale=scale)  # fmt: skip
+                seeds = [self.seed + i for i in range(len(prompts))]
+                # the decoder under the trainer's autocast (frozen weights may be bf16); the codec in float32
+                with trainer.precision_plugin.forward_context():
+                    codes = gen.generate_codes(prompts, params, seeds)
+                audio = torch.cat([gen.decode(codes[i : i + 1]) for i in range(codes.shape[0])])
+                result = GenerationResult(audio, codes.cpu(), gen.sample_rate, seeds)
+                paths = write_samples(gen, result, prompts, params, tmp / sub, save_codes=True)
+                for i, (path, wav) in enumerate(zip(paths, audio, strict=True)):
+                    image = (
+                        spectrogram_image(spectrogram_db(wav.numpy(), gen.sample_rate)) if self.spectrograms else None
+                    )
+                    if image is not None:
+                        atomic_write_bytes(path.with_suffix(".png"), png_bytes(image))
+                    tag = f"samples/{'base/' if scale == 0.0 else ''}{sub}/{i:02d}"
+                    self._log(trainer, tag, prompts[i] or "(unconditional)", wav, gen.sample_rate, image)
 
     def _log(self, trainer: L.Trainer, tag: str, caption: str, wav: Any, sample_rate: int, image: Any) -> None:
         step = trainer.global_step
@@ -330,13 +341,16 @@ class Evaluation(Callback):
 
         from musiclit.eval.evaluate import format_summary, run_evaluation, scalars
         from musiclit.eval.report import build_report
-        from musiclit.eval.run import best_checkpoint, resolve_run
+        from musiclit.eval.run import resolve_run
         from musiclit.eval.settings import EvalSettings
 
         run = run_dir(trainer)
-        best = best_checkpoint(run)
-        which = "best" if best is not None and best[2] is not None and best[2].name.startswith("best-") else "final"
-        info = resolve_run(run, None, which)
+        for logger in trainer.loggers:
+            logger.save()  # the CSV the evaluation reads
+        # the checkpoint of the best validation loss, when one is kept (early stopping)
+        best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks
+                     if getattr(cb, "monitor", None) == "val/loss" and cb.best_model_path), None)  # fmt: skip
+        info = resolve_run(best or run, None, "final")
         device = "cuda" if pl_module.device.type == "cuda" else "cpu"
         threads = torch.get_num_threads()
         try:
