@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
-
 from musiclit.infer.sampler import GenerateError, GenerationParams, GenerationResult, Generator
 from musiclit.io import atomic_path, atomic_write_json, file_sha256
 
@@ -100,6 +98,8 @@ def write_samples(
             files.append(path.name)
             written.append(path)
         if save_codes:
+            import numpy as np  # here, not at the top: `generate --help` imports this module
+
             with atomic_path(out_dir / f"{stem}.codes.npy") as tmp, open(tmp, "wb") as fh:
                 np.save(fh, result.codes[i].numpy().astype(np.int16))
             files.append(f"{stem}.codes.npy")
