@@ -106,3 +106,36 @@ def test_quantized_latents_of_encoded_audio_approximate_the_encoder_latents(code
     quantized = code_latents(codec, codes)[0]
     err = (quantized - raw).norm() / raw.norm()
     assert err < 0.05  # measured 0.002: the quantized latents of the codes stand for the audio's latents
+
+
+class FrameStats(torch.nn.Module):
+    """A stand-in for a user's embedding model: per 0.25 s frame, mean |x| and std (B, S) -> (B, N, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sample_rate = 16000
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x[:, : x.shape[1] // 4000 * 4000].reshape(x.shape[0], -1, 4000)
+        return torch.stack([frames.abs().mean(-1), frames.std(-1)], dim=-1)
+
+
+def save_frame_stats(path) -> str:
+    torch.jit.script(FrameStats()).save(str(path))
+    return str(path)
+
+
+def test_user_embedding_models_load_from_torchscript(tmp_path):
+    from musiclit.errors import MusiclitError
+    from musiclit.eval.embeddings import load_embedding_model, model_embeddings
+
+    module, rate, name = load_embedding_model(save_frame_stats(tmp_path / "stats.pt"))
+    assert (rate, name) == (16000, "stats")
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR).astype(np.float32)  # 1 s at 32 kHz
+    out = model_embeddings(module, rate, [tone, np.stack([tone, tone])], SR)
+    assert [o.shape for o in out] == [(4, 2), (4, 2)]  # resampled to 16 kHz: 4 frames of 0.25 s
+    np.testing.assert_allclose(out[0][:, 0], 0.5 * 2 / np.pi, rtol=0.02)  # mean |sin| = 2/pi x amplitude
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-5)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(MusiclitError, match=r"junk\.pt: not a TorchScript file"):
+        load_embedding_model(str(tmp_path / "junk.pt"))

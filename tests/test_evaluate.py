@@ -113,16 +113,21 @@ def test_best_checkpoint_is_the_lowest_validation_loss(run):
     assert best_checkpoint(run_dir) == (step, min(val)[0], best[0])
 
 
-def test_evaluate_command(run, capsys):
+def test_evaluate_command(run, capsys, tmp_path):
+    from test_eval_embeddings import save_frame_stats
+
     run_dir, _ = run
-    code = cli_main(["evaluate", str(run_dir), "--prompts", "1", "--samples-per-prompt", "1", "--seconds", "1",
-                     "--bootstrap", "200", "--quiet"])  # fmt: skip
+    model = save_frame_stats(tmp_path / "framestats.pt")
+    code = cli_main(["evaluate", str(run_dir), "--prompts", "1", "--samples-per-prompt", "2", "--seconds", "1",
+                     "--bootstrap", "200", "--quiet", "--embedding-model", model])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    for text in ("0 (base)", "1 (tuned)", "gain base - tuned", "FAD", "KAD", "Memorisation",
+    for text in ("0 (base)", "1 (tuned)", "gain base - tuned", "FAD", "KAD", "Memorisation", "with framestats",
                  "control: planted token copy", "found at the right place", "report:"):  # fmt: skip
         assert text in out, text
     assert "NOT FOUND" not in out
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert ev["distances"]["models"]["framestats"]["tuned"]["n_candidate"] == 2 * 4  # 2 samples x 4 frames
 
 
 def test_check_copying_flags_a_planted_copy(run, tiny_model_dir, tmp_path, capsys):

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation crops per clip (default: cover each clip)")  # fmt: skip
     p.add_argument("--embedding-window", type=float, default=d.embedding_window,
                    help="seconds of codec latents per FAD/KAD embedding")  # fmt: skip
+    p.add_argument("--embedding-model", action="append", default=[], metavar="FILE",
+                   help="a TorchScript embedding model you have (e.g. a CLAP or VGGish audio tower; see "
+                   "docs/evaluate.md): FAD/KAD on the decoded audio with it too (repeatable)")  # fmt: skip
     p.add_argument("--no-copying", action="store_true", help="skip the memorisation check")
     p.add_argument("--no-key-invariant", action="store_true", help="melodic check without transpositions")
     p.add_argument("--no-training-samples", action="store_true", help="do not check the in-training samples")
@@ -74,7 +77,8 @@ def main(argv: list[str]) -> int:
         "scales": tuple(args.scales), "prompts": args.prompts, "samples_per_prompt": args.samples_per_prompt,
         "seconds": args.seconds, "guidance_scale": args.guidance_scale, "seed": args.seed,
         "batch_size": args.batch_size, "max_crops_per_clip": args.max_crops_per_clip,
-        "embedding_window": args.embedding_window, "copying": not args.no_copying,
+        "embedding_window": args.embedding_window, "embedding_models": tuple(args.embedding_model),
+        "copying": not args.no_copying,
         "key_invariant": not args.no_key_invariant, "training_samples": not args.no_training_samples,
         "bootstrap": args.bootstrap, "device": args.device, "threads": args.threads,
     }  # fmt: skip

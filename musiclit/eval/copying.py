@@ -221,7 +221,7 @@ class TokenIndex:
             frames, q0 = self._run_on_diagonal(codes, int(c), int(diag))
             if frames > best.frames:
                 seconds = frames / self.frame_rate
-                best = TokenCopy(name, self.names[c], frames, seconds, (q0 + diag) / self.frame_rate,
+                best = TokenCopy(name, self.names[c], frames, seconds, float((q0 + diag) / self.frame_rate),
                                  q0 / self.frame_rate, seconds >= self.flag_seconds, self.flag_seconds)  # fmt: skip
         return best
 

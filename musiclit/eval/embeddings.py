@@ -142,3 +142,42 @@ def code_embeddings(
         latents = code_latents(codec, c[:, :frames].clamp(max=special_token - 1), audio_channels)[0]
         out.append(pool_windows(latents, window))
     return out
+
+
+def load_embedding_model(path: str) -> tuple[Any, int, str]:
+    """An embedding model the user already has, as a TorchScript file: ``(module, sample_rate, name)``.
+
+    The contract (any model can be wrapped into it, e.g. a CLAP or VGGish audio tower): ``forward`` takes
+    (B, S) float mono audio at the module's ``sample_rate`` attribute (an int; 16000 when absent) and returns
+    (B, D) or (B, N, D) embeddings (N embeddings per clip, e.g. one per second). Nothing is downloaded.
+
+    Raises:
+        MusiclitError: The file cannot be loaded as TorchScript.
+    """
+    from pathlib import Path
+
+    from musiclit.errors import MusiclitError
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError) as err:
+        raise MusiclitError(f"--embedding-model {path}: not a TorchScript file ({str(err).splitlines()[0]})") from None
+    return module, int(getattr(module, "sample_rate", 16000)), Path(path).stem
+
+
+def model_embeddings(
+    module: Any, model_rate: int, clips: Sequence[np.ndarray | torch.Tensor], sample_rate: int
+) -> list[np.ndarray]:
+    """Embeddings (N_i, D) of each (C, S) or (S,) clip at ``sample_rate`` from a :func:`load_embedding_model` module."""
+    from musiclit.data.audio import resample
+
+    out = []
+    for clip in clips:
+        x = np.asarray(clip.numpy() if torch.is_tensor(clip) else clip, dtype=np.float32)
+        x = x.mean(0) if x.ndim == 2 else x
+        x = resample(x[None], sample_rate, model_rate)[0]
+        with torch.inference_mode():
+            emb = module(torch.from_numpy(np.ascontiguousarray(x))[None])
+        emb = emb.detach().double().cpu()
+        out.append(emb.reshape(-1, emb.shape[-1]).numpy())
+    return out

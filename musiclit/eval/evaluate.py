@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from musiclit.eval.run import RunError, RunInfo, read_metrics, sample_steps
-from musiclit.eval.settings import EvalSettings
+from musiclit.eval.settings import EvalSettings, auto_threads
 
 
 class ScaledModels:
@@ -122,7 +122,7 @@ def run_evaluation(
     from musiclit.data.cache import TokenCache, cached_keys, default_cache_root
     from musiclit.data.caption import Caption, compose_caption
     from musiclit.data.manifest import load_dataset_entries
-    from musiclit.eval.embeddings import code_embeddings
+    from musiclit.eval.embeddings import code_embeddings, load_embedding_model, model_embeddings
     from musiclit.eval.likelihood import make_crops, score_crops, summarize
     from musiclit.eval.memorization import TrainingIndex, check_folder, least_copying_step
     from musiclit.eval.metrics import audio_distances
@@ -147,10 +147,9 @@ def run_evaluation(
         log(f"loading {info.target}")
         models = ScaledModels(info.target, s.device)
         gen = models.generator(top)
-    if s.threads > 0:
-        torch.set_num_threads(s.threads)
-    elif gen.device.type == "cpu" and int(gen.base.config.decoder.hidden_size) <= 256:
-        torch.set_num_threads(1)
+    threads = auto_threads(s.threads, gen.device.type, int(gen.base.config.decoder.hidden_size))
+    if threads is not None:
+        torch.set_num_threads(threads)
     data = info.data_dir
     entries = load_dataset_entries(data, info.data_option("valid_fraction", 0.1), info.data_option("split_seed", 0))
     train = [e for e in entries if e.split == "train"]
@@ -230,6 +229,21 @@ def run_evaluation(
                 floor = _spread(list(train_keys), max(len(valid), min(len(train), 16)))
                 distances["train_audio"] = audio_distances(reference, embed([cache.get(k) for k in floor]))
                 distances["train_audio"]["clips"] = len(floor)
+            # embedding models the user gave, on audio (decoded samples vs the validation files)
+            distances["models"] = {}
+            for path in s.embedding_models:
+                module, rate, label = load_embedding_model(path)
+                log(f"embedding with {label} ({path})")
+                ref = np.concatenate(model_embeddings(module, rate, [audio_of(e.path) for e in valid], gen.sample_rate))
+                rows_m: dict[str, Any] = {"path": str(path)}
+                for name, result in results.items():
+                    emb = np.concatenate(model_embeddings(module, rate, list(result.audio), result.sample_rate))
+                    rows_m[name] = audio_distances(ref, emb)
+                if train:
+                    floor_audio = [audio_of(e.path) for e in _spread(train, max(len(valid), min(len(train), 16)))]
+                    emb = np.concatenate(model_embeddings(module, rate, floor_audio, gen.sample_rate))
+                    rows_m["train_audio"] = audio_distances(ref, emb)
+                distances["models"][label] = rows_m
 
         # 4. memorisation
         copying: dict[str, Any] | None = None
@@ -371,6 +385,15 @@ def format_summary(report: dict[str, Any]) -> str:
             d = dist[name]
             label = {"train_audio": "training audio (floor)"}.get(name, f"{name} samples")
             lines.append(f"  {label:<22}{_num(d['fad']):>10}{_num(d['kad'], 4):>10}{d['n_candidate']:9d}")
+    for model, rows in (dist.get("models") or {}).items():
+        lines.append(f"  with {model} ({rows['path']}), on the decoded audio:")
+        for name in ("base", "tuned", "train_audio"):
+            if name in rows:
+                d = rows[name]
+                label = {"train_audio": "training audio (floor)"}.get(name, f"{name} samples")
+                lines.append(f"  {label:<22}{_num(d['fad']):>10}{_num(d['kad'], 4):>10}{d['n_candidate']:9d}")
+    if not dist.get("models"):
+        lines.append("  perceptual embeddings (CLAP, VGGish): skipped, none given (--embedding-model FILE.pt)")
     cp = report.get("copying")
     if cp:
         lines.append("")
@@ -427,6 +450,11 @@ def scalars(report: dict[str, Any]) -> dict[str, float]:
         out["eval/gain_low"] = lik["gain"]["low"]
         out["eval/gain_high"] = lik["gain"]["high"]
         out["eval/kl_tuned_base"] = lik["kl"]["value"]
+    for model, rows in (report["distances"].get("models") or {}).items():
+        for name in ("base", "tuned"):
+            for metric in ("fad", "kad"):
+                if name in rows and rows[name][metric] is not None:
+                    out[f"eval/{metric}_{name}_{model}"] = rows[name][metric]
     for name in ("base", "tuned", "train_audio"):
         if name in report["distances"]:
             for metric in ("fad", "kad"):

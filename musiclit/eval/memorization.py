@@ -332,9 +332,9 @@ def check_copying(
     tokenizer = CodecTokenizer.from_codec(
         codec, loaded.audio_channels, loaded.frame_rate, loaded.num_codebooks, loaded.pad_token_id
     )
-    entries = load_dataset_entries(
-        data_dir, data_cfg.get("valid_fraction", 0.1) or 0.1, data_cfg.get("split_seed", 0) or 0
-    )
+    valid_fraction = 0.1 if data_cfg.get("valid_fraction") is None else float(data_cfg["valid_fraction"])
+    split_seed = 0 if data_cfg.get("split_seed") is None else int(data_cfg["split_seed"])
+    entries = load_dataset_entries(data_dir, valid_fraction, split_seed)
     train = [e for e in entries if e.split == "train"]
     cache = TokenCache(data_cfg.get("cache_dir") or default_cache_root(data_dir), tokenizer.id)
     keys = cached_keys(data_dir, [e.path for e in train], cache, tokenizer, progress=progress)

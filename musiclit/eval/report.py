@@ -39,7 +39,7 @@ th{background:#f5f5f5}.num{text-align:right;font-variant-numeric:tabular-nums}.f
 .ok{color:#1a7f37}.bad{color:#cf222e;font-weight:bold}.note{color:#666;font-size:12px}
 .pair{display:flex;gap:16px;flex-wrap:wrap}.cell{display:flex;flex-direction:column;gap:4px}
 .cell img{width:320px;height:100px;image-rendering:auto;border:1px solid #ccc}audio{width:320px}
-pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:480px;font-size:12px}.best{background:#e6f4ea}
+.scroll{overflow-x:auto}pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:480px;font-size:12px}.best{background:#e6f4ea}
 """
 
 
@@ -175,9 +175,18 @@ def _eval_section(ev: dict[str, Any]) -> str:
             kad = "n/a" if d["kad"] is None else f"{d['kad']:.4f}"
             out.append(f'<tr><td>{label}</td><td class="num">{fad}</td><td class="num">{kad}</td>'
                        f'<td class="num">{d["n_candidate"]}</td></tr>')  # fmt: skip
+    for model, rows in (dist.get("models") or {}).items():
+        for name, label in (("base", "base samples"), ("tuned", "tuned samples"), ("train_audio", "training audio")):
+            if name in rows:
+                d = rows[name]
+                fad = "n/a" if d["fad"] is None else f"{d['fad']:.3f}"
+                kad = "n/a" if d["kad"] is None else f"{d['kad']:.4f}"
+                out.append(f'<tr><td>{_e(model)}: {label}</td><td class="num">{fad}</td><td class="num">{kad}</td>'
+                           f'<td class="num">{d["n_candidate"]}</td></tr>')  # fmt: skip
+    skipped = "" if dist.get("models") else " Perceptual embeddings (CLAP, VGGish): skipped, none was given."
     out.append('</table><p class="note">FAD/KAD on the model\'s own EnCodec latents of the tokens (standardised by the '
-               "validation set); the training audio row is what real music of this dataset scores. Perceptual "
-               "embeddings (CLAP, VGGish) were skipped: none was given.</p>")  # fmt: skip
+               "validation set); the training audio row is what real music of this dataset scores."
+               f"{skipped}</p>")  # fmt: skip
     return "".join(out)
 
 
@@ -217,7 +226,7 @@ def _training_samples_section(run: Path, emb: _Embedder) -> str:
                     pass
     labels = [label for label, _ in steps]
     out = ["<h2>Samples during training</h2><p class=\"note\">Fixed prompts and seeds: the base model once at step 0, "
-           "then the fine-tune as it trains.</p><table><tr><th>prompt</th>"
+           "then the fine-tune as it trains.</p><div class=\"scroll\"><table><tr><th>prompt</th>"
            + "".join(f"<th>{_e(lab)}</th>" for lab in labels) + "</tr>"]  # fmt: skip
     for key, cells in grid.items():
         out.append(f"<tr><td>{_e(prompts.get(key, key))}</td>")
@@ -225,7 +234,7 @@ def _training_samples_section(run: Path, emb: _Embedder) -> str:
             wav = cells.get(label)
             out.append(f"<td>{_player(emb, wav, label) if wav else ''}</td>")
         out.append("</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "".join(out)
 
 

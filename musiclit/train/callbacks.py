@@ -34,6 +34,20 @@ def eval_mode(module: Any) -> Iterator[None]:
             m.training = mode
 
 
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``count`` inside the block (None: unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_dir(trainer: L.Trainer) -> Path:
     """The run folder (``trainer.default_root_dir``)."""
     return Path(trainer.default_root_dir)
@@ -265,7 +279,10 @@ class SampleLogger(Callback):
         jobs = [(f"cfg{g:g}", list(self.prompts), g) for g in self.guidance_scales]
         if self.unconditional:
             jobs.append(("unconditional", [""], 1.0))
-        with eval_mode(pl_module), atomic_folder(folder, force=True) as tmp:
+        from musiclit.eval.settings import auto_threads
+
+        small = auto_threads(0, pl_module.device.type, int(pl_module.base.config.decoder.hidden_size))
+        with eval_mode(pl_module), atomic_folder(folder, force=True) as tmp, _threads(small):
             for sub, prompts, guidance in jobs:
                 params = GenerationParams(seconds=self.seconds, guidance_scale=guidance, top_k=self.top_k,
                                           seed=self.seed, adapter_scale=scale)  # fmt: skip
@@ -337,8 +354,6 @@ class Evaluation(Callback):
         """Evaluate, log, rebuild the report."""
         if not self.enabled or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        import torch
-
         from musiclit.eval.evaluate import format_summary, run_evaluation, scalars
         from musiclit.eval.report import build_report
         from musiclit.eval.run import resolve_run
@@ -352,11 +367,8 @@ class Evaluation(Callback):
                      if getattr(cb, "monitor", None) == "val/loss" and cb.best_model_path), None)  # fmt: skip
         info = resolve_run(best or run, None, "final")
         device = "cuda" if pl_module.device.type == "cuda" else "cpu"
-        threads = torch.get_num_threads()
-        try:
+        with _threads(None):  # the evaluation may change the thread count: restore it afterwards
             self.report = run_evaluation(info, EvalSettings(**self.settings, device=device), progress=False)
-        finally:
-            torch.set_num_threads(threads)
         values = scalars(self.report)
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
