@@ -112,3 +112,25 @@ def test_summary_arithmetic_and_interval():
                        tokens * 0.0, lik.clip)  # fmt: skip
     n = summarize(noisy, n_resamples=500)["gain"]
     assert n["low"] < n["value"] < n["high"]
+
+
+def test_a_full_finetune_is_scored_with_interpolated_weights(tiny_model_dir, tiny_dataset, tmp_path, crops):
+    """A full fine-tune checkpoint: scale 0 is the base model itself (transformers' forward of the plain base
+    as the oracle), scale 1 the checkpoint, 0.5 weights halfway."""
+    from tiny_run import tiny_fit
+
+    from musiclit.eval.evaluate import ScaledModels
+    from musiclit.infer.sampler import Generator
+    from musiclit.model.finetune import load_finetune
+
+    tiny_fit(tiny_model_dir, tiny_dataset, tmp_path / "full", "--trainer.max_steps", "2", "--model.lora", "null",
+             "--model.optimizer.lr", "0.01", "--trainer.logger", "false")  # fmt: skip
+    models = ScaledModels(tmp_path / "full" / "checkpoints" / "last.ckpt", "cpu")
+    assert models.kind == "full"
+    lik = score_crops(models, crops, (0.0, 0.5, 1.0))
+    base = Generator(load_finetune(str(tiny_model_dir)), "cpu")
+    np.testing.assert_allclose(lik.nll[0.0], _oracle(base, crops, 1.0)[0], rtol=2e-4)
+    tuned = Generator(load_finetune(None, str(tmp_path / "full" / "checkpoints" / "last.ckpt")), "cpu")
+    np.testing.assert_allclose(lik.nll[1.0], _oracle(tuned, crops, 1.0)[0], rtol=2e-4)
+    assert not np.allclose(lik.nll[0.0], lik.nll[1.0], rtol=1e-4)
+    assert (lik.kl > 0).all()

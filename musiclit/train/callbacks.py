@@ -212,7 +212,7 @@ class SampleLogger(Callback):
     # ------------------------------------------------------------------ when
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The base model's samples, once per run."""
-        if not self.prompts or not self.base or not trainer.is_global_zero:
+        if not self.base or self._skip(trainer):
             return
         folder = run_dir(trainer) / "samples" / "base"
         if folder.is_dir() and any(folder.rglob("*.wav")):
@@ -227,12 +227,15 @@ class SampleLogger(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Every ``every_n_steps`` optimiser steps."""
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+        due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
+        if due and self.prompts and step != self._last_step:
             self._sample(trainer, pl_module, run_dir(trainer) / "samples" / f"step_{step:07d}")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """After validation (when ``every_n_steps`` is 0)."""
-        if self.every_n_steps or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+        if self.every_n_steps or trainer.sanity_checking or self._skip(trainer):
+            return
+        if trainer.current_epoch % self.every_n_epochs:
             return
         step = trainer.global_step
         if step != self._last_step:
@@ -257,15 +260,22 @@ class SampleLogger(Callback):
                             int(hp.get("init_seed", 0)))  # fmt: skip
         return Generator(finetune, prepare=False)
 
-    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path, scale: float = 1.0) -> None:
+    def _skip(self, trainer: L.Trainer) -> bool:
+        """No prompts, not rank 0, or a sharded model (rank 0 alone cannot run it: the others would not
+        all-gather; said once)."""
         if not self.prompts or not trainer.is_global_zero:
-            return
+            return True
         from musiclit.train.strategies import is_sharded
 
-        if is_sharded(trainer):  # rank 0 alone cannot run a sharded model (the others would not all-gather)
+        if is_sharded(trainer):
             if not getattr(self, "_warned", False):
                 print("musiclit: in-training samples are skipped under FSDP; generate from a checkpoint instead")
                 self._warned = True
+            return True
+        return False
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path, scale: float = 1.0) -> None:
+        if self._skip(trainer):
             return
         import torch
 
