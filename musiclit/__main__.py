@@ -25,6 +25,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "import": ("musiclit.commands.export:import_", "import an audiocraft-format fine-tune as a transformers model"),
     "cache": ("musiclit.commands.cache:main", "encode a dataset once into the codec token cache"),
     "estimate": ("musiclit.commands.estimate:main", "predict (and on a GPU measure) peak GPU memory of a config"),
+    "evaluate": ("musiclit.commands.evaluate:main", "did the fine-tune work? likelihood gain, FAD/KAD, memorisation"),
+    "check-copying": ("musiclit.commands.check_copying:main", "check generated audio for copies of the training clips"),
+    "report": ("musiclit.commands.report:main", "(re)build the run's self-contained HTML report"),
     "demo": ("musiclit.commands.demo:main", "offline demo: synthesize data, fine-tune a tiny model, generate a WAV"),
 }
 

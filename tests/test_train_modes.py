@@ -153,10 +153,14 @@ def test_fit_with_checkpointing_recomputes_layers_and_holds_less_for_backward(wi
 def test_in_training_samples_leave_every_module_in_its_mode(tiny_model_dir):
     """The sample logger generates with the training model: afterwards the frozen encoders are still in eval
     mode and the decoder in train mode (a plain `model.train(was_training)` would put T5 into train mode)."""
-    from musiclit.train.sampling import sample_audio
+    from musiclit.infer.sampler import GenerationParams
+    from musiclit.train.callbacks import SampleLogger, eval_mode
 
     module = MusicGenModule(str(tiny_model_dir)).train()
     before = {name: m.training for name, m in module.named_modules()}
-    audio = sample_audio(module.base, module.tokenizer, ["calm"], 0.1, module.frame_rate)
-    assert audio.shape[0] == 1
+    gen = SampleLogger(prompts=["calm"])._generator(module)  # what the sample logger samples with
+    with eval_mode(module):
+        assert not any(m.training for m in module.modules())
+        codes = gen.generate_codes(["calm"], GenerationParams(seconds=0.1, adapter_scale=0.0))
+    assert codes.shape[0] == 1
     assert {name: m.training for name, m in module.named_modules()} == before

@@ -278,15 +278,32 @@ def test_full_finetune_checkpoint_has_only_decoder(tiny_model_dir, tiny_dataset,
 def test_samples_are_logged_during_training(tiny_model_dir, tiny_dataset, tmp_path):
     prompts = '["calm folk", "fast"]'
     fit(tiny_model_dir, tiny_dataset, tmp_path, "--trainer.max_steps", "1", "--samples.prompts", prompts,
-        "--samples.seconds", "0.5", "--trainer.val_check_interval", "1")  # fmt: skip
+        "--samples.seconds", "0.5", "--samples.guidance_scales", "[3.0]", "--samples.unconditional", "false",
+        "--trainer.val_check_interval", "1")  # fmt: skip
     import soundfile as sf
 
-    wavs = sorted((tmp_path / "samples").glob("step_*/*.wav"))
-    assert [w.name for w in wavs] == ["00.wav", "01.wav"]
-    info = sf.info(str(wavs[0]))
-    assert info.samplerate == 32000 and abs(info.duration - 0.5) < 0.05
+    for folder in ("base", "step_0000001"):  # the base model at the start, the fine-tune after validation
+        wavs = sorted((tmp_path / "samples" / folder).glob("*/*.wav"))
+        assert [w.relative_to(wavs[0].parent.parent).as_posix() for w in wavs] == [
+            "cfg3/000-calm-folk-seed0.wav", "cfg3/001-fast-seed1.wav"]  # fmt: skip
+        info = sf.info(str(wavs[0]))
+        assert info.samplerate == 32000 and abs(info.duration - 0.5) < 0.05
+        for wav in wavs:  # JSON, exact codes and spectrogram beside each
+            assert wav.with_suffix(".json").is_file() and wav.with_suffix(".png").is_file()
+            assert wav.with_name(wav.stem + ".codes.npy").is_file()
     events = list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
     assert events and any(e.stat().st_size > 1000 for e in events)
+
+
+def test_in_training_samples_leave_the_model_as_it_was(tiny_model_dir, tiny_dataset, tmp_path):
+    """Sampling runs on the model being trained: its mode, dtypes, devices and weights are untouched, and a run
+    with samples trains exactly like one without."""
+    plain, sampled = LossRecorder(), LossRecorder()
+    fit(tiny_model_dir, tiny_dataset, tmp_path / "plain", "--trainer.max_steps", "4", recorder=plain)
+    fit(tiny_model_dir, tiny_dataset, tmp_path / "sampled", "--trainer.max_steps", "4", "--samples.prompts",
+        '["calm"]', "--samples.seconds", "0.2", "--samples.every_n_steps", "2", recorder=sampled)  # fmt: skip
+    assert sampled.losses == plain.losses
+    assert (tmp_path / "sampled" / "samples" / "step_0000002").is_dir()
 
 
 def test_wandb_logger_from_config_works_offline(tiny_model_dir, tiny_dataset, tmp_path, monkeypatch):
@@ -449,3 +466,16 @@ def test_fp16_with_a_grad_scaler_skips_overflowing_steps_and_unscales_before_the
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # the overflowing step changed nothing
     assert all(torch.isfinite(v).all() for v in w2.values()) and any(not torch.equal(w1[k], w2[k]) for k in w1)
     assert abs(fp16.norms[0] / fp32.norms[0] - 1) < 0.05, (fp16.norms[0], fp32.norms[0])
+
+
+def test_early_stopping_is_one_switch_and_keeps_the_best_checkpoint(tiny_model_dir, tiny_dataset, tmp_path):
+    """With lr 0 the validation loss never improves after the first validation: patience 2 stops at step 3."""
+    args = ("--trainer.max_steps", "12", "--trainer.val_check_interval", "1", "--model.optimizer.lr", "0",
+            "--early_stopping.patience", "2")  # fmt: skip
+    cli = fit(tiny_model_dir, tiny_dataset, tmp_path / "on", *args, "--early_stopping.enabled", "true")
+    assert cli.trainer.global_step == 3
+    # the three validation losses are equal: the checkpoint kept is one of the three steps (Lightning keeps the later)
+    kept = [p.name for p in (tmp_path / "on" / "checkpoints").glob("best-*.ckpt")]
+    assert len(kept) == 1 and kept[0] in ("best-0000001.ckpt", "best-0000002.ckpt", "best-0000003.ckpt")
+    cli = fit(tiny_model_dir, tiny_dataset, tmp_path / "off", *args)
+    assert cli.trainer.global_step == 12 and not list((tmp_path / "off" / "checkpoints").glob("best-*"))

@@ -118,4 +118,5 @@ def main(argv: list[str]) -> int:
     print(f"config:     {run / 'logs'}/version_*/config.yaml")
     seconds = result.audio.shape[-1] / result.sample_rate
     print(f"sample:     {wav} ({seconds:.1f} s, prompt: {prompt!r}; its JSON beside it)")
+    print(f"next:       python -m musiclit evaluate {run}   (did it work? then open {run / 'report' / 'index.html'})")
     return 0 if ok else 1

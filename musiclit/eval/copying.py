@@ -221,7 +221,7 @@ class TokenIndex:
             frames, q0 = self._run_on_diagonal(codes, int(c), int(diag))
             if frames > best.frames:
                 seconds = frames / self.frame_rate
-                best = TokenCopy(name, self.names[c], frames, seconds, (q0 + diag) / self.frame_rate,
+                best = TokenCopy(name, self.names[c], frames, seconds, float((q0 + diag) / self.frame_rate),
                                  q0 / self.frame_rate, seconds >= self.flag_seconds, self.flag_seconds)  # fmt: skip
         return best
 
@@ -302,9 +302,13 @@ class MelodyCopy:
         transpose: Semitones the generated window is shifted up from the source (0..11; 0 without key invariance).
         matched_seconds: Length of the stretch of consecutive windows that agree on this match (source,
             alignment and transposition) at or above the threshold (0 when not flagged).
-        flagged: ``similarity >= threshold``.
+        flagged: ``similarity >= threshold`` over a full window.
         threshold: The threshold used.
         nearest: The most similar training clips, ``[(name, similarity), ...]``, best first.
+        window_s: Length of the compared windows. A clip shorter than the index's window is compared whole;
+            its similarity is reported but never flagged (short windows match by chance far more often: the
+            threshold was set for full windows).
+        full_window: Whether the windows had the full length.
     """
 
     query: str
@@ -317,6 +321,8 @@ class MelodyCopy:
     flagged: bool
     threshold: float
     nearest: list[tuple[str, float]] = field(default_factory=list)
+    window_s: float = 0.0
+    full_window: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -394,7 +400,7 @@ class ChromaIndex:
     def match_features(self, feats: np.ndarray, name: str = "", nearest: int = 3, chunk: int = 256) -> MelodyCopy:
         """:meth:`match` on precomputed :meth:`features`."""
         if not self.names:
-            return MelodyCopy(name, None, 0.0, 0.0, 0.0, 0, 0.0, False, self.threshold)
+            return MelodyCopy(name, None, 0.0, 0.0, 0.0, 0, 0.0, False, self.threshold, [], 0.0, False)
         q = pair_features(torch.from_numpy(np.asarray(feats, dtype=np.float32))).T  # (78, Fq)
         width = min(self.window, q.shape[1])
         hop = max(1, width // 2)
@@ -429,7 +435,8 @@ class ChromaIndex:
         w = int(best_val.argmax())
         sim = float(best_val[w])
         clip, shift, lag = int(best_clip[w]), int(shifts[int(best_shift[w])]), int(best_lag[w])
-        flagged = sim >= self.threshold
+        full = width >= self.window
+        flagged = sim >= self.threshold and full
         matched = 0.0
         if flagged:
             # consecutive windows agreeing on source, transposition and alignment (lag - start within 1 frame)
@@ -457,6 +464,8 @@ class ChromaIndex:
             flagged=flagged,
             threshold=self.threshold,
             nearest=[(self.names[int(i)], float(per_clip[int(i)])) for i in order],
+            window_s=width / self.frame_rate,
+            full_window=full,
         )
 
 

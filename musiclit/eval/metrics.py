@@ -23,6 +23,7 @@ All functions take numpy arrays (or anything ``np.asarray`` accepts) of shape (N
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,10 +74,15 @@ def frechet_distance(
             f"{sigma_b.shape})"
         )
     diff = mu_a - mu_b
-    covmean = linalg.sqrtm(sigma_a @ sigma_b)
-    if not np.all(np.isfinite(covmean)):
-        offset = np.eye(sigma_a.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    product = sigma_a @ sigma_b
+    with warnings.catch_warnings():
+        # scipy warns when the product is singular; the result is checked below instead (X @ X must give it back)
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(product)
+        scale = max(float(np.abs(product).max()), 1e-300)
+        if not np.all(np.isfinite(covmean)) or np.abs(covmean @ covmean - product).max() > 1e-6 * scale:
+            offset = np.eye(sigma_a.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
     if np.iscomplexobj(covmean):
         # rounding leaves tiny imaginary parts on a product of PSD matrices; a large one is a real problem
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3 * max(1.0, np.abs(covmean).max())):
@@ -146,8 +152,14 @@ def audio_distances(reference: np.ndarray, candidate: np.ndarray) -> dict[str, f
     """FAD and KAD between a candidate set of embeddings and the reference set (see the module docstring).
 
     Returns:
-        ``{"fad": ..., "kad": ..., "n_reference": N_ref, "n_candidate": N_cand, "dim": D}``.
+        ``{"fad": ..., "kad": ..., "n_reference": N_ref, "n_candidate": N_cand, "dim": D}``; FAD and KAD are
+        None (with a ``note``) when either set has fewer than 2 embeddings.
     """
+    n_ref, n_cand = int(np.shape(reference)[0]), int(np.shape(candidate)[0])
+    if n_ref < 2 or n_cand < 2:
+        note = "fewer than 2 embeddings: longer or more samples needed"
+        dim = int(np.shape(reference)[1])
+        return {"fad": None, "kad": None, "n_reference": n_ref, "n_candidate": n_cand, "dim": dim, "note": note}
     ref, cand = standardize(reference, candidate)
     return {
         "fad": frechet_audio_distance(ref, cand),

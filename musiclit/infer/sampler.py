@@ -141,12 +141,20 @@ class Generator:
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1"...
         dtype: "auto" (float16 on a GPU, float32 on the CPU), "float32", "float16" or "bfloat16": the
             decoder's dtype. The text encoder and the codec stay float32.
+        prepare: Move the model to ``device``, cast the decoder to ``dtype`` and put it in eval mode (the
+            generator owns the model). False leaves a model that someone else owns exactly as it is (a model
+            being trained: the in-training samples); ``device`` and ``dtype`` are then read from the model,
+            and the caller sets eval mode and autocast around the calls.
     """
 
-    def __init__(self, finetune: FineTune, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(self, finetune: FineTune, device: str = "auto", dtype: str = "auto", prepare: bool = True) -> None:
         import torch
 
         self.finetune = finetune
+        base = finetune.base
+        if not prepare:
+            param = next(base.decoder.parameters())
+            device, dtype = str(param.device), str(param.dtype).replace("torch.", "")
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
@@ -165,9 +173,9 @@ class Generator:
         from musiclit.model.delay import codebook_delays
 
         self.delays = codebook_delays(self.num_codebooks, self.audio_channels)
-        finetune.place(self.device, self.dtype)  # cast on the host, then move (never fp32 on the GPU)
-        base = finetune.base
-        base.eval()
+        if prepare:
+            finetune.place(self.device, self.dtype)  # cast on the host, then move (never fp32 on the GPU)
+            finetune.base.eval()
         self.max_positions = int(base.config.decoder.max_position_embeddings)
         self.melody = bool(getattr(loaded, "melody", False))
         self.chroma_length = int(getattr(loaded, "chroma_length", 0))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from musiclit.infer.sampler import GenerateError, GenerationParams, GenerationResult, Generator
-from musiclit.io import atomic_write_json, file_sha256
+from musiclit.io import atomic_path, atomic_write_json, file_sha256
 
 
 @dataclass
@@ -83,8 +83,14 @@ def write_samples(
     prompt_audio: str | None = None,
     melody: str | None = None,
     melody_separator: str | None = None,
+    save_codes: bool = False,
 ) -> list[Path]:
-    """Write each sample as WAV/FLAC with a JSON beside it holding the prompt, seed and every parameter."""
+    """Write each sample as WAV/FLAC with a JSON beside it holding the prompt, seed and every parameter.
+
+    With ``save_codes`` the sample's codec codes (K, T) are also written as ``<stem>.codes.npy`` (int16):
+    the exact tokens the model chose, which the memorisation check compares with the training tokens
+    (re-encoding the audio would not give them back exactly).
+    """
     from musiclit import __version__
     from musiclit.data.audio import write_audio
 
@@ -106,6 +112,12 @@ def write_samples(
             write_audio(path, result.audio[i].numpy(), result.sample_rate)
             files.append(path.name)
             written.append(path)
+        if save_codes:
+            import numpy as np  # here, not at the top: `generate --help` imports this module
+
+            with atomic_path(out_dir / f"{stem}.codes.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, result.codes[i].numpy().astype(np.int16))
+            files.append(f"{stem}.codes.npy")
         p = asdict(params)
         p["seed"] = seed
         meta = {

@@ -275,6 +275,29 @@ class CodecTokenizer:
             codec=codec,
         )
 
+    @classmethod
+    def from_codec(
+        cls, codec: Any, audio_channels: int, frame_rate: int, num_codebooks: int, special_token: int = 2048
+    ) -> CodecTokenizer:
+        """A codec on its own (no training module): encodes with :func:`encode_audio`, as training does."""
+        sample_rate = int(codec.config.sampling_rate)
+        hop = sample_rate // frame_rate
+
+        def encode_fn(audio: Any, mask: Any) -> tuple[Any, Any]:
+            codes = encode_audio(codec, audio, audio_channels)
+            return codes, mask[:, ::hop][:, : codes.shape[-1]]
+
+        return cls(
+            identity=codec_identity(codec, audio_channels),
+            encode_fn=encode_fn,
+            sample_rate=sample_rate,
+            channels=audio_channels,
+            frame_rate=frame_rate,
+            num_codebooks=num_codebooks,
+            special_token=special_token,
+            codec=codec,
+        )
+
     def encode(self, wav: np.ndarray) -> np.ndarray:
         """Codes (K, T) int16 of a whole clip (C, S) at the codec's rate and channels."""
         import torch

@@ -1,18 +1,51 @@
 """Callbacks: checkpoints that resume exactly however a run stopped, a clean stop on SIGTERM/Ctrl-C, the peft
-adapter written at the end of training, audio samples logged while training, and the demo's loss report."""
+adapter written at the end of training, samples during training, early stopping on the validation loss, the
+evaluation at the end of fit, and the demo's loss report."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from musiclit.errors import MusiclitError
+
+
+@contextlib.contextmanager
+def eval_mode(module: Any) -> Iterator[None]:
+    """Every submodule in eval mode inside the block, and back to ITS OWN mode after it.
+
+    Not ``module.train(was_training)``: that would switch on submodules that training keeps in eval mode
+    (and so change what training computes).
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``count`` inside the block (None: unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -126,72 +159,266 @@ class NonFiniteGuard(Callback):
 
 
 class SampleLogger(Callback):
-    """Generate short samples after validation, write WAVs into ``<run>/samples/`` and send them to loggers.
+    """Samples during training: fixed prompts and seeds, the base model once at the start, the fine-tune as it
+    trains. Files go to ``<run>/samples/base/`` and ``<run>/samples/step_NNNNNNN/``, one sub-folder per guidance
+    scale (``cfg1``, ``cfg3``) plus ``unconditional/``: per sample a WAV, the JSON that describes it (prompt, seed,
+    parameters), its codes (``.codes.npy``, for the memorisation check) and a spectrogram PNG. Audio and
+    spectrograms also go to TensorBoard and W&B when they are active.
+
+    Sampling is musiclit's sampler (:class:`~musiclit.infer.sampler.Generator`) run on the model being trained
+    as it is (its device, dtypes and adapters untouched; eval mode and the trainer's autocast while sampling,
+    the codec outside autocast). The base model is the same model with the adapter at strength 0 (LoRA); a full
+    fine-tune has base samples only when training starts from step 0.
 
     Args:
         prompts: Texts to generate from (empty: no samples).
         seconds: Length of each sample.
-        every_n_epochs: Generate after every n-th validation epoch.
-        guidance_scale: CFG scale used for the samples.
-        seed: Sampling seed (fixed, so samples from different steps compare like for like).
+        every_n_steps: Sample every n optimiser steps; 0 samples after validation instead (every
+            ``every_n_epochs``-th validation epoch).
+        every_n_epochs: With ``every_n_steps`` 0: sample after every n-th validation epoch.
+        guidance_scales: Classifier-free guidance scales; every prompt is sampled at each (1 = no guidance).
+        unconditional: Also one sample without text.
+        base: Sample the base model once, when training starts (into ``samples/base``).
+        seed: Prompt i uses seed ``seed + i`` at every step, so steps compare like for like.
+        top_k: Top-k sampling.
+        spectrograms: Write (and log) a spectrogram PNG of every sample.
     """
 
     def __init__(
         self,
         prompts: list[str] | None = None,
         seconds: float = 8.0,
+        every_n_steps: int = 0,
         every_n_epochs: int = 1,
-        guidance_scale: float = 3.0,
+        guidance_scales: list[float] | None = None,
+        unconditional: bool = True,
+        base: bool = True,
         seed: int = 0,
+        top_k: int = 250,
+        spectrograms: bool = True,
     ) -> None:
         self.prompts = list(prompts or [])
         self.seconds = seconds
+        self.every_n_steps = max(0, every_n_steps)
         self.every_n_epochs = max(1, every_n_epochs)
-        self.guidance_scale = guidance_scale
+        self.guidance_scales = [1.0, 3.0] if guidance_scales is None else [float(g) for g in guidance_scales]
+        self.unconditional = unconditional
+        self.base = base
         self.seed = seed
+        self.top_k = top_k
+        self.spectrograms = spectrograms
+        self._last_step = -1
+
+    # ------------------------------------------------------------------ when
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The base model's samples, once per run."""
+        if not self.base or self._skip(trainer):
+            return
+        folder = run_dir(trainer) / "samples" / "base"
+        if folder.is_dir() and any(folder.rglob("*.wav")):
+            return  # a resumed run: the base samples exist
+        from peft import PeftModel
+
+        if isinstance(getattr(pl_module, "model", None), PeftModel):
+            self._sample(trainer, pl_module, folder, scale=0.0)
+        elif trainer.global_step == 0:  # a full fine-tune is the base model only before its first step
+            self._sample(trainer, pl_module, folder, scale=1.0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """Every ``every_n_steps`` optimiser steps."""
+        step = trainer.global_step
+        due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
+        if due and self.prompts and step != self._last_step:
+            self._sample(trainer, pl_module, run_dir(trainer) / "samples" / f"step_{step:07d}")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Generate and log the samples."""
-        if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        from musiclit.train.strategies import is_sharded
-
-        if is_sharded(trainer):  # rank 0 alone cannot run a sharded model (the others would not all-gather)
-            if not getattr(self, "_warned", False):
-                print("musiclit: in-training samples are skipped under FSDP; generate from a checkpoint instead")
-                self._warned = True
+        """After validation (when ``every_n_steps`` is 0)."""
+        if self.every_n_steps or trainer.sanity_checking or self._skip(trainer):
             return
         if trainer.current_epoch % self.every_n_epochs:
             return
-        from musiclit.data.audio import write_audio
-        from musiclit.train.sampling import sample_audio
+        step = trainer.global_step
+        if step != self._last_step:
+            self._sample(trainer, pl_module, run_dir(trainer) / "samples" / f"step_{step:07d}")
 
-        with trainer.precision_plugin.forward_context():  # frozen weights may be bf16 (autocast mixes dtypes)
-            audio = sample_audio(
-                pl_module.base,
-                pl_module.tokenizer,
-                self.prompts,
-                self.seconds,
-                pl_module.frame_rate,
-                guidance_scale=self.guidance_scale,
-                seed=self.seed,
-            )
-        folder = run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}"
-        for i, (prompt, wav) in enumerate(zip(self.prompts, audio, strict=False)):
-            write_audio(folder / f"{i:02d}.wav", wav.numpy(), pl_module.sample_rate)
-            for logger in trainer.loggers:
-                experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_audio"):  # TensorBoard
-                    experiment.add_audio(f"samples/{i:02d}", wav[0], trainer.global_step, pl_module.sample_rate)
-                elif type(logger).__name__ == "WandbLogger":
-                    logger.log_audio(  # type: ignore[attr-defined]
-                        key=f"samples/{i:02d}",
-                        audios=[wav[0].numpy()],
-                        sample_rate=[pl_module.sample_rate],
-                        caption=[prompt],
-                        step=trainer.global_step,
+    # ------------------------------------------------------------------ how
+    def _generator(self, pl_module: Any) -> Any:
+        from peft import PeftModel
+
+        from musiclit.infer.sampler import Generator
+        from musiclit.model.finetune import FineTune
+        from musiclit.model.musicgen import LoadedMusicGen
+
+        loaded = LoadedMusicGen(
+            model=pl_module.base, tokenizer=pl_module.tokenizer, sample_rate=pl_module.sample_rate,
+            frame_rate=pl_module.frame_rate, num_codebooks=pl_module.num_codebooks,
+            audio_channels=pl_module.audio_channels, pad_token_id=pl_module.special_token,
+        )  # fmt: skip
+        hp = getattr(pl_module, "hparams", {})
+        kind = "lora" if isinstance(pl_module.model, PeftModel) else "full"
+        finetune = FineTune(pl_module.model, loaded, kind, str(hp.get("pretrained", "")), None,
+                            int(hp.get("init_seed", 0)))  # fmt: skip
+        return Generator(finetune, prepare=False)
+
+    def _skip(self, trainer: L.Trainer) -> bool:
+        """No prompts, not rank 0, or a sharded model (rank 0 alone cannot run it: the others would not
+        all-gather; said once)."""
+        if not self.prompts or not trainer.is_global_zero:
+            return True
+        from musiclit.train.strategies import is_sharded
+
+        if is_sharded(trainer):
+            if not getattr(self, "_warned", False):
+                print("musiclit: in-training samples are skipped under FSDP; generate from a checkpoint instead")
+                self._warned = True
+            return True
+        return False
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path, scale: float = 1.0) -> None:
+        if self._skip(trainer):
+            return
+        import torch
+
+        from musiclit.eval.plots import png_bytes, spectrogram_db, spectrogram_image
+        from musiclit.infer.sampler import GenerationParams, GenerationResult
+        from musiclit.infer.samples import write_samples
+        from musiclit.io import atomic_folder, atomic_write_bytes
+
+        self._last_step = trainer.global_step
+        gen = self._generator(pl_module)
+        jobs = [(f"cfg{g:g}", list(self.prompts), g) for g in self.guidance_scales]
+        if self.unconditional:
+            jobs.append(("unconditional", [""], 1.0))
+        from musiclit.eval.settings import auto_threads
+
+        small = auto_threads(0, pl_module.device.type, int(pl_module.base.config.decoder.hidden_size))
+        with eval_mode(pl_module), atomic_folder(folder, force=True) as tmp, _threads(small):
+            for sub, prompts, guidance in jobs:
+                params = GenerationParams(seconds=self.seconds, guidance_scale=guidance, top_k=self.top_k,
+                                          seed=self.seed, adapter_scale=scale)  # fmt: skip
+                seeds = [self.seed + i for i in range(len(prompts))]
+                # the decoder under the trainer's autocast (frozen weights may be bf16); the codec in float32
+                with trainer.precision_plugin.forward_context():
+                    codes = gen.generate_codes(prompts, params, seeds)
+                audio = torch.cat([gen.decode(codes[i : i + 1]) for i in range(codes.shape[0])])
+                result = GenerationResult(audio, codes.cpu(), gen.sample_rate, seeds)
+                paths = write_samples(gen, result, prompts, params, tmp / sub, save_codes=True)
+                for i, (path, wav) in enumerate(zip(paths, audio, strict=True)):
+                    image = (
+                        spectrogram_image(spectrogram_db(wav.numpy(), gen.sample_rate)) if self.spectrograms else None
                     )
-        (folder / "prompts.txt").write_text("\n".join(self.prompts) + "\n", encoding="utf-8")
+                    if image is not None:
+                        atomic_write_bytes(path.with_suffix(".png"), png_bytes(image))
+                    tag = f"samples/{'base/' if scale == 0.0 else ''}{sub}/{i:02d}"
+                    self._log(trainer, tag, prompts[i] or "(unconditional)", wav, gen.sample_rate, image)
+
+    def _log(self, trainer: L.Trainer, tag: str, caption: str, wav: Any, sample_rate: int, image: Any) -> None:
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_audio"):  # TensorBoard
+                experiment.add_audio(tag, wav[0], step, sample_rate)
+                if image is not None:
+                    experiment.add_image(tag + "/spectrogram", image, step, dataformats="HWC")
+            elif type(logger).__name__ == "WandbLogger":
+                logger.log_audio(  # type: ignore[attr-defined]
+                    key=tag, audios=[wav[0].numpy()], sample_rate=[sample_rate], caption=[caption], step=step
+                )
+                if image is not None:
+                    logger.log_image(key=tag + "/spectrogram", images=[image], caption=[caption], step=step)  # type: ignore[attr-defined]
+
+
+class Evaluation(Callback):
+    """``evaluate`` at the end of ``fit`` (results to ``<run>/eval``, every active logger and the report).
+
+    Off by default: it generates samples and scores the validation set again (cost in docs/evaluate.md). The
+    fine-tune it evaluates is the checkpoint of the best validation loss when early stopping kept one,
+    else the final adapter (or ``last.ckpt`` for a full fine-tune).
+
+    Args:
+        enabled: Run the evaluation when fit ends.
+        prompts: Validation captions used as sample prompts.
+        samples_per_prompt: Samples per prompt (base and tuned alike).
+        seconds: Length of each sample.
+        guidance_scale: CFG scale of the samples.
+        copying: Run the memorisation check.
+        threads: CPU threads for torch during the evaluation (0: auto).
+    """
+
+    def __init__(
+        self,
+        enabled: bool = False,
+        prompts: int = 4,
+        samples_per_prompt: int = 2,
+        seconds: float = 8.0,
+        guidance_scale: float = 3.0,
+        copying: bool = True,
+        threads: int = 0,
+    ) -> None:
+        self.enabled = enabled
+        self.settings = {"prompts": prompts, "samples_per_prompt": samples_per_prompt, "seconds": seconds,
+                         "guidance_scale": guidance_scale, "copying": copying, "threads": threads}  # fmt: skip
+        self.report: dict[str, Any] | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate, log, rebuild the report."""
+        if not self.enabled or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        from musiclit.eval.evaluate import format_summary, run_evaluation, scalars
+        from musiclit.eval.report import build_report
+        from musiclit.eval.run import resolve_run
+        from musiclit.eval.settings import EvalSettings
+
+        run = run_dir(trainer)
+        for logger in trainer.loggers:
+            logger.save()  # the CSV the evaluation reads
+        # the checkpoint of the best validation loss, when one is kept (early stopping)
+        best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks
+                     if getattr(cb, "monitor", None) == "val/loss" and cb.best_model_path), None)  # fmt: skip
+        info = resolve_run(best or run, None, "final")
+        device = "cuda" if pl_module.device.type == "cuda" else "cpu"
+        with _threads(None):  # the evaluation may change the thread count: restore it afterwards
+            self.report = run_evaluation(info, EvalSettings(**self.settings, device=device), progress=False)
+        values = scalars(self.report)
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+            logger.save()
+        build_report(run)
+        print(format_summary(self.report), flush=True)
+
+
+class EarlyStop(EarlyStopping):
+    """Early stopping on the validation loss, as one switch: ``early_stopping.enabled: true``.
+
+    Stops when ``val/loss`` has not improved by ``min_delta`` for ``patience`` validations. When enabled, ``fit``
+    also keeps the checkpoint of the best validation loss (``checkpoints/best-NNNNNNN.ckpt``), which the report
+    marks and ``evaluate --checkpoint best`` (and the evaluation at the end of fit) uses.
+
+    Args:
+        enabled: Turn early stopping on.
+        patience: Validations without improvement before stopping.
+        min_delta: Smallest decrease of the validation loss that counts as an improvement (nats).
+    """
+
+    def __init__(self, enabled: bool = False, patience: int = 3, min_delta: float = 0.0) -> None:
+        super().__init__(monitor="val/loss", mode="min", patience=patience, min_delta=min_delta,
+                         check_on_train_epoch_end=False, strict=True)  # fmt: skip
+        self.enabled = enabled
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Only when enabled."""
+        if self.enabled:
+            super().setup(trainer, pl_module, stage)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Only when enabled."""
+        if self.enabled:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Only when enabled."""
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)
 
 
 class LossReport(Callback):

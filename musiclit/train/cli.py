@@ -7,7 +7,9 @@ Run folder layout (``trainer.default_root_dir``)::
       adapter/                             peft adapter (adapter_config.json + adapter_model.safetensors)
       logs/version_N/config.yaml           the resolved config of each start (and metrics.csv)
       tensorboard/version_N/               TensorBoard events
-      samples/step_*/                      audio samples generated during training
+      samples/base, samples/step_*/        samples generated during training (WAV, JSON, codes, spectrogram PNG)
+      eval/eval.json, eval/samples/        written by `evaluate` (and at the end of fit with evaluation.enabled)
+      report/index.html                    the run report (`python -m musiclit report RUN`)
 
 Machine-independent configs (docs/cloud.md): any string option may contain ``${MUSICLIT_DATA}``,
 ``${MUSICLIT_RUNS}`` or any other ``${MUSICLIT_*}`` variable (``${NAME:-default}`` gives a default), expanded
@@ -31,7 +33,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from musiclit.data.datamodule import MusicDataModule
 from musiclit.errors import ConfigError
 from musiclit.io import quiet_libraries
-from musiclit.train.callbacks import AdapterExport, NonFiniteGuard, ResumableCheckpoint, SampleLogger, StopOnSignal
+from musiclit.train.callbacks import (
+    AdapterExport,
+    EarlyStop,
+    Evaluation,
+    NonFiniteGuard,
+    ResumableCheckpoint,
+    SampleLogger,
+    StopOnSignal,
+)
 from musiclit.train.module import MusicGenModule
 
 DEFAULT_ROOT = "runs/default"
@@ -197,6 +207,8 @@ class MusicLitCLI(LightningCLI):
         parser.add_lightning_class_args(SampleLogger, "samples")
         parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(EarlyStop, "early_stopping")
+        parser.add_lightning_class_args(Evaluation, "evaluation")
 
     def before_instantiate_classes(self) -> None:
         """Expand variables, derive accumulation, default loggers and checkpoint folder inside the run folder,
@@ -230,6 +242,16 @@ class MusicLitCLI(LightningCLI):
             ]
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(root / "checkpoints")
+        if config.early_stopping.enabled:
+            # keep the checkpoint of the best validation loss (saved right after each validation)
+            best = {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": config.checkpoint.dirpath, "filename": "best-{step:07d}",
+                              "monitor": "val/loss", "mode": "min", "save_top_k": 1,
+                              "auto_insert_metric_name": False, "enable_version_counter": False},
+            }  # fmt: skip
+            callbacks = config.trainer.callbacks or []
+            config.trainer.callbacks = [*callbacks, best] if isinstance(callbacks, list) else [callbacks, best]
         precision, why = resolve_precision(config.trainer.precision, config.trainer.accelerator)
         if why:
             print(f"musiclit: {why} (set trainer.precision explicitly to another value to choose)", file=sys.stderr)
