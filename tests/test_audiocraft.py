@@ -225,3 +225,30 @@ def test_export_refuses_a_text_encoder_audiocraft_cannot_load(base_dir, tmp_path
     captured = capsys.readouterr()
     assert "load it with audiocraft" not in captured.out and "not one audiocraft can load" in captured.err
     assert not (tmp_path / "ac").exists()
+
+
+def test_melody_configs_are_checked_as_melody():
+    """MusicGen-melody's layout (chroma and text prepended, no cross-attention) is accepted; its chroma settings
+    and a text model's fields in a melody layout (or the reverse) are refused, naming the field."""
+    from transformers import MusicgenMelodyConfig
+
+    from musiclit.model.audiocraft import decoder_config
+    from musiclit.model.musicgen import tiny_config_dict
+
+    cfg = xp_config(MusicgenMelodyConfig.from_dict(tiny_config_dict(melody=True)), "t5-base")
+    assert decoder_config(cfg)["hidden_size"] == 32
+    for path, value, match in [
+        ("conditioners.self_wav.chroma_stem.argmax", False, r"chroma_stem\.argmax"),
+        ("conditioners.self_wav.chroma_stem.radix2_exp", 12, r"chroma_stem\.radix2_exp"),
+        ("fuser.prepend", ["description", "self_wav"], r"fuser\.prepend.*prepends the chroma, then the text"),
+        ("fuser.cross", ["description"], r"fuser\.cross"),
+    ]:
+        bad = {**cfg, "fuser": dict(cfg["fuser"]), "conditioners": {k: dict(v) for k, v in cfg["conditioners"].items()}}
+        bad["conditioners"]["self_wav"]["chroma_stem"] = dict(cfg["conditioners"]["self_wav"]["chroma_stem"])
+        node, *rest = path.split(".")
+        target = bad[node]
+        for part in rest[:-1]:
+            target = target[part]
+        target[rest[-1]] = value
+        with pytest.raises(AudiocraftFormatError, match=match):
+            decoder_config(bad)

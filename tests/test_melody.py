@@ -482,12 +482,18 @@ def test_melody_run_generates_with_a_melody_file_and_exports(
     assert (merged_dir / "tokenizer.json").exists() or (merged_dir / "tokenizer_config.json").exists()
 
 
-def test_melody_audiocraft_export_follows_the_layout_and_imports_back(melody_run: dict, tmp_path: Path) -> None:
+def test_melody_audiocraft_export_follows_the_layout_and_imports_back(
+    melody_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """audiocraft's melody LM: prepended conditions (no cross-attention weights), the chroma projection under
     ``self_wav``, the chroma STFT window it keeps as a buffer; importing it back gives the merged model exactly."""
     from transformers import MusicgenMelodyForConditionalGeneration
 
     from musiclit.infer.export import ExportError, export, import_audiocraft
+
+    # the tiny text encoder is no model audiocraft can load (export refuses it: tests/test_audiocraft.py);
+    # this test checks the LM's layout, so it is declared t5-base here
+    monkeypatch.setattr("musiclit.model.audiocraft.audiocraft_text_encoder", lambda config: "t5-base")
 
     ckpt = melody_run["root"] / "b" / "checkpoints" / "last.ckpt"
     folder = export(str(ckpt), "audiocraft", tmp_path / "ac")

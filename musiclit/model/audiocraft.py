@@ -439,18 +439,31 @@ def decoder_config(cfg: dict[str, Any], text_config: Any = None) -> dict[str, An
         raise refuse(
             "fuser.cross_attention_pos_emb", True, "transformers' MusicGen adds no positions to the text states"
         )
-    for key in ("sum", "prepend", "input_interpolate"):
-        if fuser.get(key):
-            raise refuse(
-                f"fuser.{key}", fuser[key], "transformers' MusicGen conditions on the text by cross-attention only"
-            )
-    if list(fuser.get("cross") or []) != ["description"]:
-        raise refuse("fuser.cross", fuser.get("cross"), "transformers' MusicGen cross-attends to the text description")
     conditioners = cfg.get("conditioners") or {}
-    if set(conditioners) != {"description"}:
-        raise refuse(
-            "conditioners", sorted(conditioners), "musiclit imports text-conditioned MusicGen (a description only)"
-        )
+    # MusicGen-melody (transformers' MusicgenMelody) prepends the chroma, then the text; MusicGen cross-attends
+    melody = "self_wav" in conditioners or "self_wav" in (fuser.get("prepend") or [])
+    want = (
+        {"prepend": ["self_wav", "description"], "cross": []} if melody else {"prepend": [], "cross": ["description"]}
+    )
+    how = "prepends the chroma, then the text" if melody else "conditions on the text by cross-attention only"
+    for key in ("sum", "input_interpolate", "prepend", "cross"):
+        if list(fuser.get(key) or []) != want.get(key, []):
+            raise refuse(f"fuser.{key}", fuser.get(key), f"transformers' MusicGen{'-melody' if melody else ''} {how}")
+    if set(conditioners) != ({"description", "self_wav"} if melody else {"description"}):
+        what = "a text description and a chroma (self_wav)" if melody else "a text description only"
+        raise refuse("conditioners", sorted(conditioners), f"musiclit imports MusicGen conditioned on {what}")
+    if melody:
+        from musiclit.model.melody import N_FFT, NUM_CHROMA
+
+        stem = conditioners["self_wav"] or {}
+        if stem.get("model") != "chroma_stem":
+            raise refuse("conditioners.self_wav.model", stem.get("model"), "MusicGen-melody's condition is chroma_stem")
+        # what musiclit's chroma computes (model/melody.py); ChromaExtractor's own default for argmax is False
+        for key, value, default in (("n_chroma", NUM_CHROMA, None), ("radix2_exp", N_FFT.bit_length() - 1, None),
+                                    ("argmax", True, False), ("sample_rate", 32000, None)):  # fmt: skip
+            got = _field(stem, f"chroma_stem.{key}", default)
+            if got != value:
+                raise refuse(f"conditioners.self_wav.chroma_stem.{key}", got, f"musiclit's chroma uses {value}")
     description = conditioners["description"] or {}
     if description.get("model") != "t5":
         raise refuse("conditioners.description.model", description.get("model"), "MusicGen's text encoder is T5")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,13 +329,15 @@ def load_configs(paths: list[str]) -> dict[str, Any]:
     return merged
 
 
-def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
+def measure(config: dict[str, Any], steps: int = 3) -> dict[str, Any]:
     """Run ``steps`` real training steps at random init (same architecture) and return measured memory.
 
     GPU: ``torch.cuda.max_memory_allocated`` over the steps (weights, optimizer state, activations). CPU:
     the peak RSS increase of the process over the steps after one warm-up step (the warm-up allocates the
     optimizer state and touches the code of every kernel), i.e. activations + logits + gradients, compared
-    with the same parts of the estimate (:func:`step_memory`).
+    with the same parts of the estimate (:func:`step_memory`). Also ``step_seconds``: the median time of the
+    steps after the warm-up. Under 16-bit precision the compute dtype is bf16, or fp16 (with a gradient
+    scaler) on a GPU without native bf16, as ``fit`` would choose.
     """
     import torch
 
@@ -353,9 +357,11 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
         pretrained = str(tmp)
     lora = model.get("lora", {})
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    native_bf16 = device == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
+    half = torch.bfloat16 if native_bf16 else torch.float16
+    frozen = {4: "float32", 2: "bfloat16" if native_bf16 else "float16"}[spec.weight_bytes]
     module = MusicGenModule(pretrained, lora=None if lora is None else LoraSettings(**lora),
-                            gradient_checkpointing=spec.checkpointing,
-                            frozen_dtype="bfloat16" if spec.bf16 else "float32")  # fmt: skip
+                            gradient_checkpointing=spec.checkpointing, frozen_dtype=frozen)  # fmt: skip
     module.setup("fit")
     module.to(device).train()
     frames = int(round(spec.seconds * 50))
@@ -365,7 +371,9 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
     if spec.melody:
         batch["melody"] = torch.randint(0, 12, (spec.batch, CHROMA_FRAMES), device=device)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.bf16)
+    autocast = torch.autocast(device, dtype=half, enabled=spec.bf16)
+    scaler = torch.amp.GradScaler(device, enabled=spec.bf16 and half == torch.float16)
+    times = []
     for i in range(steps + 1):
         if i == 1 and device == "cpu":
             _reset_peak()
@@ -374,15 +382,24 @@ def measure(config: dict[str, Any], steps: int = 3) -> dict[str, float]:
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         torch.manual_seed(i)
+        start = time.perf_counter()
         with autocast:
             loss = module._batch_loss(batch, 0.3)[0]
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    step_seconds = statistics.median(times) if times else float("nan")
+    compute = str(half if spec.bf16 else torch.float32)
     if device == "cuda":
-        torch.cuda.synchronize()
-        return {"device": device, "peak": torch.cuda.max_memory_allocated(), "before_steps": before}
-    return {"device": device, "peak_increase": _status("VmHWM") - before, "before_steps": before}
+        return {"device": device, "peak": torch.cuda.max_memory_allocated(), "before_steps": before,
+                "step_seconds": step_seconds, "compute_dtype": compute}  # fmt: skip
+    return {"device": device, "peak_increase": _status("VmHWM") - before, "before_steps": before,
+            "step_seconds": step_seconds, "compute_dtype": compute}  # fmt: skip
 
 
 def _status(field: str) -> int:
