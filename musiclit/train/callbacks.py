@@ -125,9 +125,12 @@ class NonFiniteGuard(Callback):
         if not grads or all(bool(torch.isfinite(g).all()) for g in grads):
             self.in_a_row = 0
             return
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None
+        # under 16-mixed the loss scaler skips this step itself (and lowers its scale): its unscale and step need
+        # the gradients, so they are left to it; otherwise dropping them makes the optimiser update nothing
+        if getattr(trainer.precision_plugin, "scaler", None) is None:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
         self.skipped += 1
         self.in_a_row += 1
         if trainer.is_global_zero:
