@@ -127,7 +127,7 @@ class NonFiniteGuard(Callback):
             return
         # under 16-mixed the loss scaler skips this step itself (and lowers its scale): its unscale and step need
         # the gradients, so they are left to it; otherwise dropping them makes the optimiser update nothing
-        if getattr(trainer.precision_plugin, "scaler", None) is None:
+        if getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is None:
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None
