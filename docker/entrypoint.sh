@@ -3,7 +3,7 @@
 # (or any other program on PATH that is not a musiclit verb) runs that program instead.
 set -e
 case "$1" in
-  ""|-*|help|prepare|cache|fit|validate|generate|export|import|estimate|demo)
+  ""|-*|help|prepare|cache|fit|validate|generate|export|import|estimate|evaluate|check-copying|report|demo)
     exec python -m musiclit "$@" ;;
   *)
     exec "$@" ;;

@@ -15,6 +15,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*pad_token_id.*")
 
 
+@pytest.fixture(autouse=True)
+def _finish_wandb_runs():
+    """A W&B run left open by one in-process `fit` would swallow the next test's run (its files land in the
+    first run's folder), as in one `fit` process per run that a user starts."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init MusicGen folder (config, safetensors weights, tokenizer, processor)."""

@@ -39,7 +39,8 @@ def _run(model_dir, data, root, recorder, *extra):
         f"trainer:\n  callbacks:\n    - class_path: tiny_run.StepRecorder\n      init_args: {{path: '{recorder}'}}\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    args = fit_args(model_dir, data, root, "--config", str(config), "--trainer.max_steps", "3",
+    args = fit_args(model_dir, data, root, "--allow-import", "tiny_run", "--config", str(config),
+                    "--trainer.max_steps", "3",
                     "--trainer.precision", "32-true", "--trainer.logger", "false",
                     "--trainer.num_sanity_val_steps", "0", "--data.bucket_by_length", "false",
                     "--data.cache_dir", str(root.parent / "cache"),

@@ -4,7 +4,9 @@ checkpoint, and the resumed run ends with exactly the adapter of an uninterrupte
 Kill points are deterministic where timing cannot hit them: ``MUSICLIT_CRASH_AT`` (musiclit/io.py
 ``crash_point``) kills the process from inside the write path, with the new file complete in its temporary
 name but not yet renamed, or (adapter folder) between moving the old folder aside and renaming the new one.
-The rest are SIGKILLs at random moments (seeded).
+The rest are SIGKILLs at random moments (seeded), taken relative to the run's own progress (a random time
+after its k-th new ``last.ckpt``, or during start-up), never to the wall clock: a fast machine finishes the
+tiny run in seconds, a loaded one takes minutes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import random
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,11 +26,56 @@ import torch
 from tiny_run import fit_args
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_STEPS = 20
+MAX_STEPS = 40  # room for 22 kills, each of which lets the run advance a step or three
 KILLS = 22
 
 
-def _fit(model_dir, data_dir, run: Path, resume: bool, crash_at: str | None = None, kill_after: float | None = None):
+def _wait_or_kill(proc: subprocess.Popen, kill: Callable[[], bool] | None) -> None:
+    """Wait for ``proc``; SIGKILL it as soon as ``kill()`` (polled every 2 ms while it runs) says so."""
+    if kill is not None:
+        while proc.poll() is None:
+            if kill():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    proc.wait(timeout=600)
+
+
+def _after_new_files(folder: Path, pattern: str, count: int, delay: float) -> Callable[[], bool]:
+    """True ``delay`` seconds after ``count`` new files (new inode or modification time) matching the glob
+    ``pattern`` have appeared in ``folder``: ``last.ckpt`` is renamed into place at every checkpoint, so this is
+    a random moment inside a step of a given number, whatever the machine's speed."""
+
+    def ident(path: Path) -> tuple[int, int]:  # an inode number alone is reused by the next rename
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns
+
+    seen: set[tuple[int, int]] = {ident(p) for p in folder.glob(pattern) if p.exists()}
+    found: list[float] = []
+
+    def check() -> bool:
+        if len(found) < count:
+            for p in folder.glob(pattern):
+                try:
+                    key = ident(p)
+                except FileNotFoundError:
+                    continue
+                if key not in seen:
+                    seen.add(key)
+                    found.append(time.monotonic())
+            return False
+        return time.monotonic() - found[count - 1] >= delay
+
+    return check
+
+
+def _after(seconds: float) -> Callable[[], bool]:
+    start = time.monotonic()
+    return lambda: time.monotonic() - start >= seconds
+
+
+def _fit(model_dir, data_dir, run: Path, resume: bool, crash_at: str | None = None,
+         kill: Callable[[], bool] | None = None):  # fmt: skip
     """Run `fit` as a subprocess; returns its exit code (-9 when killed)."""
     args = fit_args(model_dir, data_dir, run, "--trainer.max_steps", str(MAX_STEPS), "--trainer.precision", "32-true",
                     "--trainer.logger", "false", "--checkpoint.every_n_train_steps", "1",
@@ -38,12 +87,7 @@ def _fit(model_dir, data_dir, run: Path, resume: bool, crash_at: str | None = No
     proc = subprocess.Popen([sys.executable, "-m", "musiclit", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        if kill_after is not None:
-            try:
-                proc.wait(timeout=kill_after)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=600)
+        _wait_or_kill(proc, kill)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -90,10 +134,16 @@ def killed_runs(tiny_model_dir, tiny_dataset, tmp_path_factory):
     rng.shuffle(plan)
     run = base / "killed"
     log = []
-    for spec in plan:
+    for i, spec in enumerate(plan):
         resume = (run / "checkpoints" / "last.ckpt").exists()
-        code = _fit(tiny_model_dir, tiny_dataset, run, resume, crash_at=spec,
-                    kill_after=None if spec else rng.uniform(2.0, 20.0))  # fmt: skip
+        kill = None
+        if spec is None:  # a random moment: in start-up (the first one), or inside the 1st-3rd step it trains
+            kill = (
+                _after(rng.uniform(0.2, 1.0))
+                if i == plan.index(None)
+                else _after_new_files(run / "checkpoints", "last.ckpt", rng.randint(1, 3), rng.uniform(0.0, 0.1))
+            )
+        code = _fit(tiny_model_dir, tiny_dataset, run, resume, crash_at=spec, kill=kill)
         step = _check_complete(run)
         log.append((spec or "random", code, step))
         if code == 0:
@@ -182,18 +232,24 @@ def test_a_killed_cache_reruns_to_the_same_codes(tiny_model_dir, tiny_dataset, t
 
     ref = build_token_cache(args(tmp_path / "ref"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    kills = 0
-    for crash_at, after in (("written:*:1", None), ("", 25.0), ("written:*:1", None)):
-        proc = subprocess.Popen([sys.executable, "-m", "musiclit", "cache", *args(tmp_path / "c")], cwd=ROOT,
+    cache = tmp_path / "c"
+    codes = []
+    # killed (deterministic) while codec.json is written, after the 2nd clip of an open shard, while the
+    # shard's index is committed (codec.json exists by then); then at a random moment after a shard appears
+    for crash_at, random_kill in (("written:codec.json:1", False), ("encoded:*:2", False), ("written:*:1", False),
+                                  ("", True)):  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "musiclit", "cache", *args(cache)], cwd=ROOT,
                                 env={**env, "MUSICLIT_CRASH_AT": crash_at}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
+        kill = _after_new_files(cache, "*/shard-*.bin", 1, random.Random(5).uniform(0, 0.01))
         try:
-            proc.wait(timeout=after or 600)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        kills += proc.returncode == -signal.SIGKILL
-    assert kills >= 2
+            _wait_or_kill(proc, kill if random_kill else None)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        codes.append(proc.returncode)
+    assert codes[:3] == [-signal.SIGKILL] * 3, codes  # the random one may finish first on a fast machine
+    assert codes[3] in (0, -signal.SIGKILL), codes
     again = build_token_cache(args(tmp_path / "c"))
     assert set(again.entries) == set(ref.entries) and len(ref.entries) > 0
     for key in ref.entries:

@@ -213,6 +213,9 @@ def test_secrets_in_the_environment_reach_no_file(tmp_path, monkeypatch, tiny_mo
                  "--seconds", "0.2", "--out", str(tmp_path / "gen")]) == 0  # fmt: skip
     ckpt = next((run / "checkpoints").glob("last.ckpt"))
     assert main(["export", str(ckpt), "--format", "merged", "--out", str(tmp_path / "exp")]) == 0
+    import wandb
+
+    wandb.finish()  # the run's files are complete once it ends (at exit in a `fit` process of its own)
     out = capsys.readouterr()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) > 10 and any("wandb" in str(p) for p in files)

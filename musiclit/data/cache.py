@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from musiclit.errors import MusiclitError
-from musiclit.io import atomic_write_json, atomic_write_text, file_sha256
+from musiclit.io import atomic_write_json, atomic_write_text, crash_point, file_sha256
 from musiclit.model.codec import CodecTokenizer
 
 CACHE_DIRNAME = ".musiclit-cache"
@@ -192,6 +192,7 @@ class TokenCache:
                 stat = self._stat(path)
                 codes = tokenizer.encode(read(path))
                 writer.add(key, codes, {"stat": list(stat), "path": path.name})
+                crash_point("encoded", path)  # the kill tests' hook (no-op unless $MUSICLIT_CRASH_AT names it)
             writer.commit()
         finally:
             writer.abort()
