@@ -64,8 +64,8 @@ class MusicGenModule(L.LightningModule):
         text_cache_size: Also cap the number of cached captions (None: only the byte budget).
         share_lora_dropout: Draw one LoRA dropout mask per input tensor (q/k/v of self-attention, k/v of
             cross-attention, the K output heads) instead of one per adapted module: same dropout rate
-            for every adapter, 8% less peak memory, no measurable speed change on CPU (docs/benchmarks.md).
-            False: peft's behaviour exactly.
+            for every adapter, 8% less peak memory, no measurable speed change on CPU (docs/benchmarks.md),
+            the same gradients with and without gradient checkpointing. False: peft's behaviour exactly.
         compile_layers: Compile every decoder layer with ``torch.compile`` (in place: checkpoint names do
             not change). The first steps are slow while it compiles; measured in docs/benchmarks.md.
         optimizer: Optimiser factory (the configs use AdamW). Its weight decay applies to matmul weights only:
