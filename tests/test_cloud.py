@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from tiny_run import fit_args, tiny_fit
 
 from musiclit.errors import ConfigError
-from musiclit.train.cli import build_cli, device_count, expand_variables, resolve_accumulation
+from musiclit.train.cli import build_cli, device_count, resolve_accumulation
+from musiclit.train.variables import expand_variables
 
 
 class LossRecorder(Callback):

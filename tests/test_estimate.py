@@ -135,6 +135,31 @@ def test_estimate_command_labels_estimates(capsys):
     assert load_configs(["configs/base.yaml", "configs/musicgen-medium-lora.yaml"])["model"]["gradient_checkpointing"]
 
 
+def test_estimate_expands_musiclit_variables_as_fit_does(tmp_path, monkeypatch, capsys):
+    """A pod config names its base by ``${MUSICLIT_*}``: the estimate is that of the base the variable names
+    (oracle: the same config with the name written out), and a non-MUSICLIT variable is refused."""
+    from musiclit.errors import ConfigError
+
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("model:\n  pretrained: ${MUSICLIT_BASE:-facebook/musicgen-small}\n")
+    plain = tmp_path / "plain.yaml"
+    base = ["--config", "configs/base.yaml", "--config", "configs/musicgen-medium-lora.yaml"]
+
+    def printed(*configs: str) -> str:
+        assert main([*base, *[a for c in configs for a in ("--config", c)]]) == 0
+        return capsys.readouterr().out.split("\n", 1)[1]  # the first line names the config files
+
+    for name in ("facebook/musicgen-small", "facebook/musicgen-large"):
+        if name.endswith("large"):
+            monkeypatch.setenv("MUSICLIT_BASE", name)
+        plain.write_text(f"model:\n  pretrained: {name}\n")
+        assert printed(str(pod)) == printed(str(plain))
+    assert "2048 x 48 layers" in printed(str(pod))  # large, from the environment
+    pod.write_text("model:\n  pretrained: ${HF_TOKEN}\n")
+    with pytest.raises(ConfigError, match="HF_TOKEN"):
+        load_configs([str(pod)])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("dims", "lora", "data", "checkpointing"),

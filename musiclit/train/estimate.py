@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from musiclit.train.variables import expand_config
+
 GiB = 2**30
 MiB = 2**20
 # EnCodec 32 kHz (MusicGen's codec) as transformers builds it, float32 on the GPU: 57,584,834 parameters and
@@ -312,7 +314,8 @@ def suggest(spec: Spec, budget: float, effective_batch: int = 8) -> list[str]:
 
 
 def load_configs(paths: list[str]) -> dict[str, Any]:
-    """Merge YAML configs in order (later ones override, section by section, key by key)."""
+    """Merge YAML configs in order (later ones override, section by section, key by key) and expand their
+    ``${MUSICLIT_*}`` variables."""
     import yaml
 
     merged: dict[str, Any] = {}
@@ -326,7 +329,7 @@ def load_configs(paths: list[str]) -> dict[str, Any]:
 
     for path in paths:
         merge(merged, yaml.safe_load(Path(path).read_text()) or {})
-    return merged
+    return expand_config(merged)  # ${MUSICLIT_*} as `fit` reads them
 
 
 def measure(config: dict[str, Any], steps: int = 3) -> dict[str, Any]:
