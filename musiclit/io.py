@@ -4,6 +4,11 @@ Atomic writes go through a temporary file in the destination folder that is flus
 and renamed over the destination, then the folder entry itself is synced: a crash leaves either the old
 file or the new one, never a half-written file under the final name. Files get the ordinary permissions
 (``0666`` minus the umask, like ``open(..., "w")``), not the private ``0600`` of ``mkstemp``.
+
+A temporary name carries its writer (``.<name>.<host>-<pid>-<random>.tmp``, ``.<name>.partial-<host>-<pid>-*``),
+so the temporaries of a killed process do not pile up: the first atomic write of a process into a folder
+removes those whose writer is gone (same host, process no longer running) or that nobody has touched for
+:data:`ORPHAN_AGE_S` (any host: a pod restarted in a new container has another host name).
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,10 @@ from musiclit.errors import MusiclitError
 HASH_BLOCK = 1 << 20
 CRASH_ENV = "MUSICLIT_CRASH_AT"
 _crash_counts: dict[str, int] = {}
+ORPHAN_AGE_S = 6 * 3600  # a temporary nobody has written to for this long is an orphan, whoever made it
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_TEMP = re.compile(r"^\..+\.(?:partial-)?([0-9a-f]{6})-(\d+)-[^/]*$")
+_swept: set[tuple[int, str]] = set()
 
 
 class OutputExistsError(MusiclitError, FileExistsError):
@@ -81,6 +93,63 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _writer_tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphan_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the atomic writes' temporary files and folders in ``folder`` whose writer is gone; return them.
+
+    Gone: written on this host by a process that no longer runs, or (any host) untouched for
+    :data:`ORPHAN_AGE_S`. Temporaries of running processes, other files and names of other formats are left.
+    Does nothing on Windows (no cheap test whether a process runs).
+    """
+    removed: list[Path] = []
+    if os.name == "nt":
+        return removed
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or not (entry.name.endswith(".tmp") or ".partial-" in entry.name):
+            continue
+        host, pid = match.group(1), int(match.group(2))
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        dead = host == _HOST and pid != os.getpid() and not _running(pid)
+        if dead or age > ORPHAN_AGE_S:
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_orphan_temporaries` on the first atomic write of this process into ``folder``."""
+    key = (os.getpid(), str(folder.resolve()))
+    if key not in _swept:
+        _swept.add(key)
+        remove_orphan_temporaries(folder)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it is synced and renamed to ``path``.
@@ -90,7 +159,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    _sweep_once(path.parent)
+    tmp = path.with_name(f".{path.name}.{_writer_tag()}-{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         fsync_file(tmp)
@@ -149,7 +219,8 @@ def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _sweep_once(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{_writer_tag()}-", dir=out.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output folder is an ordinary folder
     try:
         yield tmp
