@@ -341,6 +341,46 @@ def test_chroma_cache_holds_each_melody_once_keyed_like_the_tokens(melody_run: d
     assert sorted(p.name for p in cache.folder.iterdir()) == before
 
 
+def test_under_ddp_one_process_computes_the_melodies_and_the_others_read_them(
+    module, melody_data: Path, tmp_path: Path
+) -> None:
+    """``prepare_data`` (one process) computes the tokens and melodies; ``setup`` in the other processes reads
+    them and computes nothing (its chroma extractor raises if asked), and says so when they are missing."""
+    from types import SimpleNamespace
+
+    from musiclit.data.cache import CacheError
+    from musiclit.data.datamodule import MusicDataModule
+
+    def process(rank: int) -> MusicDataModule:
+        dm = MusicDataModule(data_dir=str(melody_data), segment_duration=2.0, num_workers=0,
+                             cache_dir=str(tmp_path / "cache"), melody_separator=None)  # fmt: skip
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, lightning_module=module)
+        return dm
+
+    builder = process(0)
+    builder.prepare_data()
+    reader = process(1)
+    chroma = module.melody_tokenizer(None)
+    chroma.encode = lambda wav: (_ for _ in ()).throw(AssertionError("a reading process computed a melody"))
+    reader.attach_melody(chroma)
+    reader.setup("fit")
+    standalone = MusicDataModule(data_dir=str(melody_data), segment_duration=2.0, num_workers=0,
+                                 cache_dir=str(tmp_path / "other-cache"), melody_separator=None)  # fmt: skip
+    standalone.attach_tokenizer(module.codec_tokenizer())
+    standalone.attach_melody(module.melody_tokenizer(None))
+    standalone.setup("fit")  # one process: computes everything itself, into another folder
+    keys = reader.train_set.melody.keys + reader.valid_set.melody.keys
+    assert keys == standalone.train_set.melody.keys + standalone.valid_set.melody.keys and keys
+    for key in keys:
+        np.testing.assert_array_equal(reader.melody_cache.get(key), standalone.melody_cache.get(key))
+    for shard in reader.melody_cache.folder.glob("shard-*"):
+        shard.unlink()
+    late = process(1)
+    late.attach_melody(chroma)
+    with pytest.raises(CacheError, match="not in the cache"):
+        late.setup("fit")
+
+
 @pytest.mark.slow  # Demucs, even tiny, takes seconds per clip on a busy 2-core CPU
 def test_cache_verb_removes_drums_and_bass_once(
     melody_dir: Path, tiny_dataset: Path, separator_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -114,9 +114,12 @@ class MusicDataModule(L.LightningDataModule):
                 self.melody_chroma = module.melody_tokenizer(self.melody_separator)
         return self.melody_chroma
 
-    def _melody_sources(self, train: list[Any], valid: list[Any], root: Any) -> list[Any]:
+    def _melody_sources(self, train: list[Any], valid: list[Any], root: Any, encode: bool) -> list[Any]:
         """The cached melody of every clip (``melody_path`` from its caption, else the clip itself), computed once
-        per file; one :class:`~musiclit.data.tokens.MelodySource` for the training and one for the validation clips."""
+        per file; one :class:`~musiclit.data.tokens.MelodySource` for the training and one for the validation clips.
+
+        ``encode``: compute the melodies missing from the cache (else they must be there: under DDP one process
+        computes them in ``prepare_data`` while the others wait)."""
         from musiclit.data.audio import read_audio
         from musiclit.data.cache import TokenCache
         from musiclit.data.caption import Caption
@@ -138,7 +141,11 @@ class MusicDataModule(L.LightningDataModule):
         def read(path: Path) -> Any:
             return read_audio(path, chroma.sample_rate, chroma.channels)
 
-        keys = self.melody_cache.build(paths, chroma, read, verify=self.cache_verify)
+        if encode:
+            keys = self.melody_cache.build(paths, chroma, read, verify=self.cache_verify)
+        else:
+            keys = [self.melody_cache.key_for(p, verify=self.cache_verify) for p in paths]
+            _require_cached(self.melody_cache, keys, [str(p) for p in paths], self.data_dir)
         frames = frames_for(self.segment_duration)
         return [
             MelodySource(self.melody_cache, keys[: len(train)], chroma.frame_rate, frames),
@@ -161,19 +168,13 @@ class MusicDataModule(L.LightningDataModule):
         return train, valid
 
     def _cache_keys(self, tokenizer: Any, paths: list[str], encode: bool) -> tuple[Any, list[str]]:
-        from musiclit.data.cache import CacheError, TokenCache, cached_keys, default_cache_root
+        from musiclit.data.cache import TokenCache, cached_keys, default_cache_root
 
         cache = TokenCache(self.cache_dir or default_cache_root(self.data_dir), tokenizer.id)
         if encode:
             return cache, cached_keys(Path(self.data_dir), paths, cache, tokenizer, verify=self.cache_verify)
         keys = [cache.key_for(Path(self.data_dir) / p, verify=self.cache_verify) for p in paths]
-        missing = [p for p, k in zip(paths, keys, strict=True) if k not in cache]
-        if missing:
-            raise CacheError(
-                f"{cache.folder}: {len(missing)} clips of {self.data_dir} are not in the token cache "
-                f"(e.g. {missing[0]}), though the process that builds it has finished; is the cache folder "
-                "shared by every process (data.cache_dir)?"
-            )
+        _require_cached(cache, keys, paths, self.data_dir)
         return cache, keys
 
     def _distributed(self) -> bool:
@@ -181,13 +182,17 @@ class MusicDataModule(L.LightningDataModule):
         return trainer is not None and trainer.world_size > 1
 
     def prepare_data(self) -> None:
-        """Encode the clips missing from the token cache (Lightning calls this in one process per machine,
-        while the other processes wait)."""
+        """Encode the clips missing from the token cache, and a melody model's melodies missing from theirs
+        (Lightning calls this in one process per machine, while the other processes wait)."""
         tokenizer = self._find_tokenizer() if self.token_cache else None
         if tokenizer is None:
             return
         train, valid = self._entries()
         self._cache_keys(tokenizer, [e.path for e in train + valid], encode=True)
+        if self._find_melody() is not None:
+            from musiclit.data.cache import default_cache_root
+
+            self._melody_sources(train, valid, self.cache_dir or default_cache_root(self.data_dir), encode=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the manifest (or scan), split by song and build the datasets.
@@ -225,7 +230,8 @@ class MusicDataModule(L.LightningDataModule):
             if melody is not None:
                 from musiclit.data.cache import default_cache_root
 
-                melodies = self._melody_sources(train, valid, self.cache_dir or default_cache_root(self.data_dir))
+                root = self.cache_dir or default_cache_root(self.data_dir)
+                melodies = self._melody_sources(train, valid, root, encode=not self._distributed())
             self.train_set = TokenClipDataset(
                 keys=keys[: len(train)], entries=train, random_crop=True, caption_dropout=self.caption_dropout,
                 seed=self.seed, melody=melodies[0], **extra, **common,
@@ -282,3 +288,15 @@ class MusicDataModule(L.LightningDataModule):
         if len(self.valid_set) == 0:
             return []
         return self._loader(self.valid_set, shuffle=False)
+
+
+def _require_cached(cache: Any, keys: list[str], paths: list[str], data_dir: Any) -> None:
+    """Raise when a key is missing from ``cache`` (a process that only reads what another one built)."""
+    from musiclit.data.cache import CacheError
+
+    missing = [p for p, k in zip(paths, keys, strict=True) if k not in cache]
+    if missing:
+        raise CacheError(
+            f"{cache.folder}: {len(missing)} files of {data_dir} are not in the cache (e.g. {missing[0]}), though "
+            "the process that builds it has finished; is the cache folder shared by every process (data.cache_dir)?"
+        )
