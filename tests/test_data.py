@@ -133,12 +133,28 @@ def test_loader_state_resumes_mid_epoch_and_after_epoch_end(tmp_path):
     it = iter(loader)
     next(it)
     state = loader.state_dict()
-    assert state == {"epoch": 3, "batches_done": 1}
+    assert state == {"epoch": 3, "batches_done": 1, "batch_size": 2, "world_size": 1, "batches": 3}
     fresh = ResumableLoader(ds, EpochSampler(6, True, 0), batch_size=2, collate_fn=collate_clips)
     fresh.load_state_dict(state)
     assert [b["index"].tolist() for b in fresh] == full[1:]
     fresh.load_state_dict({"epoch": 3, "batches_done": 3})  # finished epoch: continue with the next
     assert fresh.epoch_sampler.epoch == 4 and len(list(fresh)) == 3
+
+
+def test_loader_refuses_a_position_inside_an_epoch_of_another_layout(tmp_path):
+    """A mid-epoch position counts batches of one size on one number of processes: in another layout it is
+    refused with the way out; at an epoch's end any layout continues with the next epoch."""
+    from musiclit.errors import ConfigError
+
+    ds = _dataset(tmp_path, [1.0] * 6, segment_duration=1.0)
+    saved = {"epoch": 3, "batches_done": 1, "batch_size": 2, "world_size": 1, "batches": 3}
+    for batch_size, world in ((3, 1), (2, 2)):
+        other = ResumableLoader(ds, EpochSampler(6, True, 0, rank=0, world_size=world), batch_size=batch_size,
+                                collate_fn=collate_clips)  # fmt: skip
+        with pytest.raises(ConfigError, match=r"--data.batch_size 2 and 1 device"):
+            other.load_state_dict(saved)
+        other.load_state_dict({**saved, "batches_done": 3})
+        assert other.epoch_sampler.epoch == 4 and other.epoch_sampler.start == 0
 
 
 def test_datamodule_splits_by_song(tiny_dataset):

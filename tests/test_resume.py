@@ -209,3 +209,24 @@ def test_a_signal_writes_a_checkpoint_at_the_step_and_resumes_exactly(
     assert ckpt["global_step"] == 4
     assert_same_steps(first + resume(tiny_model_dir, mixed_dataset, tmp_path / "run", bucket, workers),
                       straight(bucket))  # fmt: skip
+
+
+def test_a_mid_epoch_resume_in_another_batch_layout_is_refused_with_the_way_out(
+    tiny_model_dir, mixed_dataset, tmp_path
+):
+    """Stopped inside an epoch at batch 4, resumed at batch 3: refused, naming the layout that continues
+    exactly; that layout then resumes (the step after the checkpoint's)."""
+    from musiclit.errors import ConfigError
+
+    every = ("--checkpoint.every_n_train_steps", "1")
+    first = CrashAt(2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tiny_fit(tiny_model_dir, mixed_dataset, tmp_path, *options(False, 0, "--trainer.max_steps", "4", *every),
+                 callbacks=[first])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"after 2 of \d+ batches of data.batch_size 4 .*--data.batch_size 4"):
+        tiny_fit(tiny_model_dir, mixed_dataset, tmp_path, *options(False, 0, "--trainer.max_steps", "4", *every),
+                 "--data.batch_size", "3", "--ckpt_path", "last")  # fmt: skip
+    recorder = StepRecorder()
+    tiny_fit(tiny_model_dir, mixed_dataset, tmp_path, *options(False, 0, "--trainer.max_steps", "4", *every),
+             "--ckpt_path", "last", callbacks=[recorder])  # fmt: skip
+    assert [r["step"] for r in recorder.rows] == [3, 4]

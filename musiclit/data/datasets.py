@@ -217,14 +217,35 @@ class ResumableLoader(DataLoader):
             self.batches_done += 1
             yield batch
 
+    def _layout(self) -> dict[str, int]:
+        return {"batch_size": int(self.batch_size or 1), "world_size": self.epoch_sampler.world_size,
+                "batches": len(self)}  # fmt: skip
+
     def state_dict(self) -> dict[str, int]:
-        """Position in the epoch (Lightning stores it in the checkpoint)."""
-        return {"epoch": self.epoch_sampler.epoch, "batches_done": self.batches_done}
+        """Position in the epoch, and the layout it counts in (Lightning stores it in the checkpoint)."""
+        return {"epoch": self.epoch_sampler.epoch, "batches_done": self.batches_done, **self._layout()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue after the saved position (the next epoch when the saved one had finished)."""
+        """Continue after the saved position (the next epoch when the saved one had finished).
+
+        Raises:
+            ConfigError: The position is inside an epoch and counts batches of another size or number of
+                processes (the checkpoint does not say which examples of the epoch remain in the new layout).
+        """
+        from musiclit.errors import ConfigError
+
         epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if done >= len(self):
+        saved = {key: int(state.get(key, value)) for key, value in self._layout().items()}  # 0.1.0: no layout
+        if done >= saved["batches"]:
             epoch, done = epoch + 1, 0
+        now = self._layout()
+        if done and (saved["batch_size"], saved["world_size"]) != (now["batch_size"], now["world_size"]):
+            raise ConfigError(
+                f"the checkpoint stopped inside epoch {epoch}, after {done} of {saved['batches']} batches of "
+                f"data.batch_size {saved['batch_size']} in {saved['world_size']} process(es); this run has "
+                f"data.batch_size {now['batch_size']} in {now['world_size']}, where that position does not exist. "
+                f"Resume with --data.batch_size {saved['batch_size']} and {saved['world_size']} device(s) "
+                "(global_batch_size keeps the optimiser's batch), or from a checkpoint at an epoch's end"
+            )
         self.epoch_sampler.set_epoch(epoch)
         self.epoch_sampler.start = done * (self.batch_size or 1)
