@@ -93,8 +93,25 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _writer_tag() -> str:
+def writer_tag() -> str:
+    """``<host>-<pid>`` of this process, for names of files that are complete only when it finishes them
+    (:func:`writer_gone` tells later whether that writer still runs)."""
     return f"{_HOST}-{os.getpid()}"
+
+
+_TAG = re.compile(r"(?:^|[.-])([0-9a-f]{6})-(\d+)-")
+
+
+def writer_gone(name: str, mtime: float) -> bool:
+    """Whether the writer named in ``name`` (by :func:`writer_tag`) is gone: it ran on this host and runs no
+    more, or (any host) the file was last written :data:`ORPHAN_AGE_S` ago. False for a name without a tag."""
+    match = _TAG.search(name)
+    if match is None or os.name == "nt":  # Windows: no cheap test whether a process runs
+        return False
+    host, pid = match.group(1), int(match.group(2))
+    if time.time() - mtime > ORPHAN_AGE_S:
+        return True
+    return host == _HOST and pid != os.getpid() and not _running(pid)
 
 
 def _running(pid: int) -> bool:
@@ -110,29 +127,22 @@ def _running(pid: int) -> bool:
 def remove_orphan_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove the atomic writes' temporary files and folders in ``folder`` whose writer is gone; return them.
 
-    Gone: written on this host by a process that no longer runs, or (any host) untouched for
-    :data:`ORPHAN_AGE_S`. Temporaries of running processes, other files and names of other formats are left.
-    Does nothing on Windows (no cheap test whether a process runs).
+    Gone: see :func:`writer_gone`. Temporaries of running processes, other files and names of other formats
+    are left.
     """
     removed: list[Path] = []
-    if os.name == "nt":
-        return removed
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
-    now = time.time()
     for entry in entries:
-        match = _TEMP.match(entry.name)
-        if match is None or not (entry.name.endswith(".tmp") or ".partial-" in entry.name):
+        if _TEMP.match(entry.name) is None or not (entry.name.endswith(".tmp") or ".partial-" in entry.name):
             continue
-        host, pid = match.group(1), int(match.group(2))
         try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
+            mtime = entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        dead = host == _HOST and pid != os.getpid() and not _running(pid)
-        if dead or age > ORPHAN_AGE_S:
+        if writer_gone(entry.name, mtime):
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(path, ignore_errors=True)
@@ -160,7 +170,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_once(path.parent)
-    tmp = path.with_name(f".{path.name}.{_writer_tag()}-{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{writer_tag()}-{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         fsync_file(tmp)
@@ -220,7 +230,7 @@ def atomic_folder(out: str | os.PathLike[str], force: bool = False) -> Iterator[
         raise OutputExistsError(f"{out}: already exists (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     _sweep_once(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{_writer_tag()}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{writer_tag()}-", dir=out.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output folder is an ordinary folder
     try:
         yield tmp

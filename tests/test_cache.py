@@ -190,3 +190,29 @@ def test_cache_verb_builds_the_default_cache(tiny_model_dir, tiny_dataset, tmp_p
     folders = list((tmp_path / "c").iterdir())
     assert len(folders) == 1 and (folders[0] / "codec.json").exists()
     assert len(TokenCache(tmp_path / "c", folders[0].name)) == 12
+
+
+def test_uncommitted_shards_of_gone_writers_are_removed(tmp_path):
+    """Only a shard without its index whose writer is gone goes: not a committed one, not a running
+    writer's, not one from before shard names carried their writer."""
+    import os
+    import subprocess
+    import sys
+
+    from musiclit.data.cache import remove_orphan_shards
+    from musiclit.io import writer_tag
+
+    host = writer_tag().split("-")[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    names = {
+        "gone": f"shard-20261130000000-{host}-{dead}-aaaaaaaaaaaa.bin",
+        "committed": f"shard-20261130000001-{host}-{dead}-bbbbbbbbbbbb.bin",
+        "running": f"shard-20261130000002-{host}-{os.getppid()}-cccccccccccc.bin",
+        "old format": "shard-20261130000003-dddddddddddd.bin",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"\0\0" * 8)
+    (tmp_path / names["committed"]).with_suffix(".jsonl").write_text("")
+    assert [p.name for p in remove_orphan_shards(tmp_path)] == [names["gone"]]
+    assert sorted(p.name for p in tmp_path.glob("*.bin")) == sorted(n for k, n in names.items() if k != "gone")

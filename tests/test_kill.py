@@ -252,5 +252,8 @@ def test_a_killed_cache_reruns_to_the_same_codes(tiny_model_dir, tiny_dataset, t
     assert codes[3] in (0, -signal.SIGKILL), codes
     again = build_token_cache(args(tmp_path / "c"))
     assert set(again.entries) == set(ref.entries) and len(ref.entries) > 0
+    # the codes files of the killed runs' open shards went with the next run that opened a shard
+    assert [p.name for p in cache.rglob("shard-*.bin") if not p.with_suffix(".jsonl").exists()] == []
+    assert not list(cache.rglob("*.tmp"))
     for key in ref.entries:
         np.testing.assert_array_equal(again.get(key), ref.get(key))

@@ -20,7 +20,8 @@ Layout (default root ``<data_dir>/.musiclit-cache``, shared by every run with th
   (``verify=True`` re-hashes every file instead).
 * A shard becomes visible only when its index is renamed into place, after its codes were written and
   synced: a crash leaves at most an orphan ``.bin`` / ``.tmp`` file, never an entry that looks valid.
-  Readers also check every entry lies inside its ``.bin`` file.
+  Readers also check every entry lies inside its ``.bin`` file. The next process that opens a shard
+  removes the orphans whose writer is gone (the shard's name carries its writer's host and pid).
 * Codes are < 2048 and stored as int16 (2 bytes per code): 1,000 hours of 4-codebook audio are 1.4 GB,
   memory-mapped at train time (nothing is loaded up front; workers share the page cache).
 """
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from musiclit.errors import MusiclitError
-from musiclit.io import atomic_write_json, atomic_write_text, crash_point, file_sha256
+from musiclit.io import atomic_write_json, atomic_write_text, crash_point, file_sha256, writer_gone, writer_tag
 from musiclit.model.codec import CodecTokenizer
 
 CACHE_DIRNAME = ".musiclit-cache"
@@ -212,7 +213,8 @@ class _ShardWriter:
         self.stem = ""
 
     def _open(self) -> None:
-        self.stem = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(6)}"
+        remove_orphan_shards(self.folder)
+        self.stem = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{writer_tag()}-{secrets.token_hex(6)}"
         self.fh = open(self.folder / f"{self.stem}.bin", "wb")  # noqa: SIM115 - closed in commit/abort
         self.records, self.count = [], 0
 
@@ -244,6 +246,21 @@ class _ShardWriter:
             self.fh.close()
             self.fh = None
             (self.folder / f"{self.stem}.bin").unlink(missing_ok=True)
+
+
+def remove_orphan_shards(folder: Path) -> list[Path]:
+    """Remove the codes files of shards that were never committed (no index) and whose writer is gone
+    (:func:`musiclit.io.writer_gone`: a process killed while it encoded); return them."""
+    removed = []
+    for shard in folder.glob("shard-*.bin"):
+        try:
+            mtime = shard.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if not shard.with_suffix(".jsonl").exists() and writer_gone(shard.name, mtime):
+            shard.unlink(missing_ok=True)
+            removed.append(shard)
+    return removed
 
 
 def default_cache_root(data_dir: str | os.PathLike[str]) -> Path:
