@@ -79,6 +79,25 @@ def test_fad_of_identical_sets_is_zero_even_when_singular():
     assert frechet_audio_distance(few, few + 1.0) == pytest.approx(32.0, rel=1e-3)  # a pure mean shift
 
 
+def test_frechet_is_right_where_scipy_warns_of_a_singular_product():
+    """Embedding dimensions that never change (dead units) make both covariances singular: scipy's sqrtm
+    warns (LinAlgWarning, which frechet_distance hides); the distance still equals the eigh-based reference."""
+    import warnings
+
+    from scipy import linalg
+
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((300, 8)), 1.5 * rng.standard_normal((300, 8)) + 0.2
+    a[:, :3], b[:, :3], b[:, 3] = 0.0, 0.0, 1.0
+    (mu_a, s_a), (mu_b, s_b) = gaussian_stats(a), gaussian_stats(b)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        linalg.sqrtm(s_a @ s_b)
+    assert any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)  # the case the filter hides
+    assert frechet_distance(mu_a, s_a, mu_b, s_b) == pytest.approx(_frechet_reference(mu_a, s_a, mu_b, s_b),
+                                                                    rel=1e-9)  # fmt: skip
+
+
 def test_gaussian_stats_match_numpy():
     x = np.random.default_rng(4).standard_normal((50, 3))
     mu, cov = gaussian_stats(x)
