@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser import open_in_browser
 from tiny_run import tiny_fit
 
 from musiclit.__main__ import main as cli_main
@@ -161,40 +162,6 @@ def test_check_copying_flags_a_planted_copy(run, tiny_model_dir, tmp_path, capsy
     assert "1 flagged" in out and train.path in out
 
 
-def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver_bin = shutil.which("chromedriver")
-    if not chromium or not driver_bin:
-        pytest.skip("no headless browser here (install Debian's chromium and chromium-driver)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver_bin), options=opts)
-
-
-CHECK_MEDIA = """
-const done = arguments[arguments.length - 1];
-const audios = Array.from(document.querySelectorAll('audio'));
-Promise.all(audios.map(a => new Promise(resolve => {
-  if (a.readyState >= 1 || a.error) return resolve();
-  a.addEventListener('loadedmetadata', resolve, {once: true});
-  a.addEventListener('error', resolve, {once: true});
-  a.load();
-}))).then(() => done({
-  audio: audios.map(a => ({src: a.currentSrc.slice(0, 30), duration: a.duration, error: a.error && a.error.code,
-                           playable: a.canPlayType('audio/flac')})),
-  images: Array.from(document.images).map(i => ({complete: i.complete, width: i.naturalWidth})),
-  svgs: document.querySelectorAll('svg polyline').length,
-}));
-"""
-
-
 def test_report_opens_in_a_headless_browser(run):
     from musiclit.eval.report import build_report
 
@@ -202,14 +169,7 @@ def test_report_opens_in_a_headless_browser(run):
     page = build_report(run_dir)
     text = page.read_text()
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text  # no network
-    driver = _browser()
-    try:
-        driver.set_script_timeout(60)
-        driver.get(page.as_uri())
-        media = driver.execute_async_script(CHECK_MEDIA)
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+    media, errors = open_in_browser(page)
     assert not errors, errors
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
     players = len(ev["samples"]["base"]) + len(ev["samples"]["tuned"]) + 3 * 5  # eval + in-training (3 x 5)
@@ -229,12 +189,6 @@ def test_report_links_audio_past_the_embedding_budget(run, tmp_path):
     small = build_report(run_dir, embed_mb=0.05).read_text()
     assert "data:audio/flac;base64," in small  # the first clips still fit
     assert 'src="../samples/' in small and "over the 0.05 MB embedding budget are linked" in small
-    driver = _browser()
-    try:
-        driver.set_script_timeout(60)
-        driver.get((run_dir / "report" / "index.html").as_uri())
-        media = driver.execute_async_script(CHECK_MEDIA)
-    finally:
-        driver.quit()
+    media, _ = open_in_browser(run_dir / "report" / "index.html")
     assert all(a["duration"] > 0 and a["error"] is None for a in media["audio"])  # linked files play too
     build_report(run_dir)

@@ -92,7 +92,7 @@ def test_resolve_run_errors_name_the_problem(tmp_path):
 
 def test_a_report_of_a_hand_made_run_opens_in_a_browser(tmp_path):
     """No evaluation yet, in-training samples only (one WAV without its PNG, drawn on the fly)."""
-    from test_evaluate import CHECK_MEDIA, _browser
+    from browser import open_in_browser
 
     from musiclit.data.audio import write_audio
     from musiclit.eval.plots import write_spectrogram
@@ -111,14 +111,7 @@ def test_a_report_of_a_hand_made_run_opens_in_a_browser(tmp_path):
     page = build_report(run)
     text = page.read_text()
     assert "not evaluated yet" in text and "tiny &lt;&amp;&gt;" in text
-    driver = _browser()
-    try:
-        driver.set_script_timeout(60)
-        driver.get(page.as_uri())
-        media = driver.execute_async_script(CHECK_MEDIA)
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+    media, errors = open_in_browser(page)
     assert not errors, errors
     assert [a["duration"] for a in media["audio"]] == [1, 1]
     assert len(media["images"]) == 2 and all(i["complete"] and i["width"] > 0 for i in media["images"])

@@ -50,21 +50,17 @@ def main(argv: list[str]) -> int:
     print(f"\n{result['checked']} clips checked against {result['training_clips']} training clips "
           f"(flag: token run >= {result['token_flag_seconds']:g} s or melodic similarity >= "
           f"{result['melody_threshold']:g})")  # fmt: skip
+    from musiclit.eval.memorization import closest_material, control_verdict
+
     print(f"  {'clip':<56}{'token run':>10}  {'melody':>6}  closest training material")
     for group, rows in result["groups"].items():
         for row in rows:
             tok, mel = row.get("tokens") or {}, row.get("melody") or {}
-            if tok.get("flagged"):
-                where = f"{tok['source']} @ {tok['source_offset_s']:.2f} s (same tokens)"
-            elif mel.get("flagged"):
-                where = f"{mel['source']} @ {mel['source_offset_s']:.2f} s, +{mel['transpose']} st (melody)"
-            else:
-                where = mel.get("source") or tok.get("source") or "-"
+            where = closest_material(row)
             exact = "" if row.get("codes_exact") else "~"
             name = f"[{group}] {row['name']}"[-56:]
             print(f"  {name:<56}{exact}{tok.get('seconds', 0.0):8.2f}s  {mel.get('similarity', 0.0):6.3f}  {where}"
                   + ("  COPY" if row["flagged"] else ""))  # fmt: skip
-    from musiclit.eval.memorization import control_verdict
 
     for p in result["planted"]:
         print(f"  control: {control_verdict(p)}")

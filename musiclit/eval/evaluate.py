@@ -344,7 +344,7 @@ def _fmt_interval(d: dict[str, float]) -> str:
 
 def format_summary(report: dict[str, Any]) -> str:
     """The text ``evaluate`` prints: CE table, gain and KL, FAD/KAD, the memorisation table, controls."""
-    from musiclit.eval.memorization import control_verdict
+    from musiclit.eval.memorization import closest_material, control_verdict
 
     lines = []
     lik = report["likelihood"]
@@ -410,12 +410,7 @@ def format_summary(report: dict[str, Any]) -> str:
             rows.append({"name": f"[control] planted {p['kind']} copy", kind: result, "flagged": result["flagged"]})
         for row in rows:
             tok, mel = row.get("tokens") or {}, row.get("melody") or {}
-            if tok.get("flagged"):
-                where = f"{tok['source']} @ {tok['source_offset_s']:.2f} s (same tokens)"
-            elif mel.get("flagged"):
-                where = f"{mel['source']} @ {mel['source_offset_s']:.2f} s, +{mel['transpose']} st (melody)"
-            else:
-                where = mel.get("source") or tok.get("source") or "-"
+            where = closest_material(row)
             flag = "  COPY" if row.get("flagged") else ""
             short = "*" if mel and not mel.get("full_window", True) else " "
             name = f"{row.get('group', '')} {Path(row['name']).stem}".strip()[:44]

@@ -377,3 +377,14 @@ def control_verdict(control: dict[str, Any]) -> str:
         return f"planted {control['kind']} copy: skipped ({control['skipped']})"
     verdict = "found at the right place" if control["passed"] else "NOT FOUND (the detector is broken)"
     return f"planted {control['kind']} copy of {control['source']}: {verdict}"
+
+
+def closest_material(row: dict[str, Any]) -> str:
+    """Where a checked clip's closest training material is, for a table row: the place of a flagged token
+    run or melody (with its transposition), else the nearest clip."""
+    tok, mel = row.get("tokens") or {}, row.get("melody") or {}
+    if tok.get("flagged"):
+        return f"{tok['source']} @ {tok['source_offset_s']:.2f} s (same tokens)"
+    if mel.get("flagged"):
+        return f"{mel['source']} @ {mel['source_offset_s']:.2f} s, +{mel['transpose']} st (melody)"
+    return mel.get("source") or tok.get("source") or "-"
