@@ -444,12 +444,24 @@ class LossReport(Callback):
             print(f"  step {len(self.losses):4d}  train loss {sum(recent) / len(recent):.3f}", flush=True)
 
 
-def _stepped(trainer: L.Trainer, step_at_start: int | None) -> bool:
-    """Whether the batch that just ended made an optimiser step (not a micro-batch of an accumulation)."""
-    return step_at_start is not None and trainer.global_step != step_at_start
+class _StepWatcher(Callback):
+    """Knows whether the batch that just ended made an optimiser step (not a micro-batch of an accumulation)."""
+
+    _step_at_start: int | None = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Remember the optimiser step count at the batch's start."""
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._step_at_start = trainer.global_step
+
+    def stepped(self, trainer: L.Trainer) -> bool:
+        """Whether the batch that just ended made an optimiser step."""
+        return self._step_at_start is not None and trainer.global_step != self._step_at_start
 
 
-class ResumableCheckpoint(ModelCheckpoint):
+class ResumableCheckpoint(_StepWatcher, ModelCheckpoint):
     """Lightning's ModelCheckpoint (same options), plus a checkpoint at the step where training stops.
 
     When ``max_steps`` is reached mid-epoch (or a callback sets ``trainer.should_stop``: a signal, a time
@@ -460,18 +472,12 @@ class ResumableCheckpoint(ModelCheckpoint):
     skipped: Lightning saves once per step), and resuming continues with exactly the batches that come next.
     """
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """Remember the optimiser step count (to know whether this batch makes a step)."""
-        self._step_at_start = trainer.global_step
-
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Lightning's step-interval checkpoints; then, if training stops after this step, save it now."""
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if not _stepped(trainer, getattr(self, "_step_at_start", None)):
+        if not self.stepped(trainer):
             return
         max_steps = trainer.max_steps
         stops = trainer.should_stop or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps)
@@ -488,7 +494,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
 
 
-class StopOnSignal(Callback):
+class StopOnSignal(_StepWatcher):
     """Stop training cleanly on SIGTERM or Ctrl-C (SIGINT): finish the current step, write a checkpoint at it,
     skip the end-of-training validation, and end ``fit`` normally.
 
@@ -512,7 +518,6 @@ class StopOnSignal(Callback):
         self.signal: int | None = None
         self.stopped_at_step: int | None = None
         self._previous: dict[int, Any] = {}
-        self._step_at_start: int | None = None
 
     def request_stop(self, reason: str, signum: int | None = None) -> None:
         """Ask training to stop after the current optimiser step (with a checkpoint at that step)."""
@@ -548,17 +553,11 @@ class StopOnSignal(Callback):
         self.requested, self.signal, self.stopped_at_step = None, None, None
         self._install()
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """Remember the optimiser step count (a stop happens only after a step, never mid-accumulation)."""
-        self._step_at_start = trainer.global_step
-
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """After an optimiser step: if any process was asked to stop, stop every process here."""
-        if not _stepped(trainer, self._step_at_start):
+        if not self.stepped(trainer):  # a stop happens only after a step, never mid-accumulation
             return
         requested = self.requested is not None
         if trainer.world_size > 1:
