@@ -129,6 +129,17 @@ def test_evaluate_command(run, capsys, tmp_path):
     assert "NOT FOUND" not in out
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert ev["distances"]["models"]["framestats"]["tuned"]["n_candidate"] == 2 * 4  # 2 samples x 4 frames
+    # every distance in eval.json is a row of the printed table and of the report (latents, then the model)
+    from musiclit.eval.report import build_report
+
+    page = build_report(run_dir).read_text()
+    dist = ev["distances"]
+    for sets in (dist, dist["models"]["framestats"]):
+        for name, d in sets.items():
+            if name in ("base", "tuned", "train_audio"):
+                assert f"{d['fad']:.3f}" in out and f"{d['fad']:.3f}</td>" in page, (name, d)
+                assert f"{d['kad']:.4f}" in out and f"{d['kad']:.4f}</td>" in page, (name, d)
+    assert "framestats: tuned samples" in page and "training audio (floor)" in out
 
 
 def test_check_copying_flags_a_planted_copy(run, tiny_model_dir, tmp_path, capsys):

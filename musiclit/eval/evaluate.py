@@ -380,18 +380,18 @@ def format_summary(report: dict[str, Any]) -> str:
         f"Distances to the validation audio (EnCodec latents, {dist['window_s']:g} s windows; lower = closer):"
     )
     lines.append(f"  {'set':<22}{'FAD':>10}{'KAD':>10}{'windows':>9}")
-    for name in ("base", "tuned", "train_audio"):
-        if name in dist:
-            d = dist[name]
-            label = {"train_audio": "training audio (floor)"}.get(name, f"{name} samples")
-            lines.append(f"  {label:<22}{_num(d['fad']):>10}{_num(d['kad'], 4):>10}{d['n_candidate']:9d}")
-    for model, rows in (dist.get("models") or {}).items():
-        lines.append(f"  with {model} ({rows['path']}), on the decoded audio:")
+
+    def distance_rows(sets: dict[str, Any]) -> None:
         for name in ("base", "tuned", "train_audio"):
-            if name in rows:
-                d = rows[name]
+            if name in sets:
+                d = sets[name]
                 label = {"train_audio": "training audio (floor)"}.get(name, f"{name} samples")
                 lines.append(f"  {label:<22}{_num(d['fad']):>10}{_num(d['kad'], 4):>10}{d['n_candidate']:9d}")
+
+    distance_rows(dist)
+    for model, rows in (dist.get("models") or {}).items():
+        lines.append(f"  with {model} ({rows['path']}), on the decoded audio:")
+        distance_rows(rows)
     if not dist.get("models"):
         lines.append("  perceptual embeddings (CLAP, VGGish): skipped, none given (--embedding-model FILE.pt)")
     cp = report.get("copying")

@@ -164,25 +164,19 @@ def _eval_section(ev: dict[str, Any]) -> str:
     dist = ev["distances"]
     out.append(f'<table><tr><th>vs the validation audio ({dist["window_s"]:g} s windows)</th><th>FAD</th><th>KAD</th>'
                "<th>windows</th></tr>")  # fmt: skip
-    for name, label in (
-        ("base", "base samples"),
-        ("tuned", "tuned samples"),
-        ("train_audio", "training audio (floor)"),
-    ):
-        if name in dist:
-            d = dist[name]
-            fad = "n/a" if d["fad"] is None else f"{d['fad']:.3f}"
-            kad = "n/a" if d["kad"] is None else f"{d['kad']:.4f}"
-            out.append(f'<tr><td>{label}</td><td class="num">{fad}</td><td class="num">{kad}</td>'
-                       f'<td class="num">{d["n_candidate"]}</td></tr>')  # fmt: skip
-    for model, rows in (dist.get("models") or {}).items():
-        for name, label in (("base", "base samples"), ("tuned", "tuned samples"), ("train_audio", "training audio")):
-            if name in rows:
-                d = rows[name]
+
+    def distance_rows(sets: dict[str, Any], prefix: str, floor: str) -> None:
+        for name, label in (("base", "base samples"), ("tuned", "tuned samples"), ("train_audio", floor)):
+            if name in sets:
+                d = sets[name]
                 fad = "n/a" if d["fad"] is None else f"{d['fad']:.3f}"
                 kad = "n/a" if d["kad"] is None else f"{d['kad']:.4f}"
-                out.append(f'<tr><td>{_e(model)}: {label}</td><td class="num">{fad}</td><td class="num">{kad}</td>'
+                out.append(f'<tr><td>{prefix}{label}</td><td class="num">{fad}</td><td class="num">{kad}</td>'
                            f'<td class="num">{d["n_candidate"]}</td></tr>')  # fmt: skip
+
+    distance_rows(dist, "", "training audio (floor)")
+    for model, rows in (dist.get("models") or {}).items():
+        distance_rows(rows, f"{_e(model)}: ", "training audio")
     skipped = "" if dist.get("models") else " Perceptual embeddings (CLAP, VGGish): skipped, none was given."
     out.append('</table><p class="note">FAD/KAD on the model\'s own EnCodec latents of the tokens (standardised by the '
                "validation set); the training audio row is what real music of this dataset scores."
