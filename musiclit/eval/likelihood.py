@@ -22,7 +22,7 @@ import torch
 
 from musiclit.eval.metrics import Interval, bootstrap_ci
 from musiclit.model.delay import build_delay_pattern
-from musiclit.model.loss import decoder_hidden
+from musiclit.model.loss import decoder_hidden, pad_text_states
 
 
 @dataclass
@@ -90,13 +90,7 @@ def text_states(base: Any, tokenizer: Any, captions: Sequence[str], device: Any)
         tokens = tokenizer([caption], return_tensors="pt", truncation=True).to(device)
         with torch.inference_mode():
             states.append(base.text_encoder(**tokens).last_hidden_state[0])
-    length = max(s.shape[0] for s in states)
-    out = states[0].new_zeros((len(states), length, states[0].shape[-1]))
-    mask = torch.zeros((len(states), length), dtype=torch.long, device=out.device)
-    for i, s in enumerate(states):
-        out[i, : s.shape[0]] = s
-        mask[i, : s.shape[0]] = 1
-    return out, mask
+    return pad_text_states(states)
 
 
 @dataclass

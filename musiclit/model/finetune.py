@@ -239,9 +239,35 @@ def _trainable_like(key: str, state: dict[str, Any]) -> bool:
     return key.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))
 
 
-def _load_checkpoint(path: Path, model_override: str | None, init_seed: int | None, scale: float) -> FineTune:
+def checkpoint_model_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model's weights in a musiclit checkpoint, named as in the model (the ``model.`` prefix removed)."""
+    return {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
+def apply_checkpoint_lora(
+    path: Path, model: Any, state: dict[str, Any], lora: dict[str, Any], source: str
+) -> tuple[Any, bool]:
+    """``(peft model, is_dora)``: ``model`` with the LoRA of a checkpoint's settings (no dropout), its weights
+    loaded from ``state``.
+
+    Raises:
+        AdapterMismatchError: The settings or weights do not fit the base ``source`` (the message names ``path``).
+    """
     from musiclit.model.lora import LoraSettings, apply_lora
 
+    settings = LoraSettings(**{k: v for k, v in lora.items() if k in {f.name for f in fields(LoraSettings)}})
+    settings.init_lora_weights = True  # overwritten by the checkpoint's weights
+    settings.dropout = 0.0
+    try:
+        peft_model = apply_lora(model, settings)
+    except ValueError as err:
+        raise AdapterMismatchError(f"{path}: its LoRA settings do not fit the base '{source}': {err}") from None
+    _check_state(path, peft_model, state, source)
+    peft_model.load_state_dict(state, strict=False)
+    return peft_model, settings.use_dora
+
+
+def _load_checkpoint(path: Path, model_override: str | None, init_seed: int | None, scale: float) -> FineTune:
     ckpt = read_checkpoint(path)
     hp = ckpt["hyper_parameters"]
     seed = int(hp.get("init_seed", 0) if init_seed is None else init_seed)
@@ -251,19 +277,11 @@ def _load_checkpoint(path: Path, model_override: str | None, init_seed: int | No
         record = (ckpt.get("musiclit") or {}).get("base")
         source = _find_base(path, str(hp.get("pretrained", "")), record if isinstance(record, dict) else None)
     loaded = _load_base(source, seed, str(path))
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = checkpoint_model_state(ckpt)
     lora = _lora_dict(hp.get("lora"))
     model = loaded.model
     if lora is not None:
-        settings = LoraSettings(**{k: v for k, v in lora.items() if k in {f.name for f in fields(LoraSettings)}})
-        settings.init_lora_weights = True  # overwritten by the checkpoint's weights
-        settings.dropout = 0.0
-        try:
-            model = apply_lora(model, settings)
-        except ValueError as err:
-            raise AdapterMismatchError(f"{path}: its LoRA settings do not fit the base '{source}': {err}") from None
-        _check_state(path, model, state, source)
-        model.load_state_dict(state, strict=False)
+        model, _ = apply_checkpoint_lora(path, model, state, lora, source)
         kind = "lora"
     else:
         _check_state(path, model, state, source)

@@ -23,6 +23,18 @@ def project_text(model: Any, text: torch.Tensor) -> torch.Tensor:
     return text
 
 
+def pad_text_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack captions encoded one at a time, (Lt_i, D) each, into states (B, Lt, D) and a mask (B, Lt),
+    zero-padded at the end to the longest."""
+    length = max(s.shape[0] for s in states)
+    out = states[0].new_zeros((len(states), length, states[0].shape[-1]))
+    mask = torch.zeros((len(states), length), dtype=torch.long, device=out.device)
+    for i, s in enumerate(states):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = 1
+    return out, mask
+
+
 def decoder_hidden(
     model: Any, inputs: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, melody: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ from musiclit.model.finetune import (
     _load_base,
     _lora_dict,
     _resolve_source,
+    apply_checkpoint_lora,
     check_adapter,
+    checkpoint_model_state,
     read_checkpoint,
 )
 
@@ -156,28 +157,18 @@ def _attach(adapter: Path, model: Any, source: str) -> tuple[Any, str, bool]:
     """``(model with the adapter injected as "default", kind, is_dora)``; kind "lora" or "full" (weights loaded)."""
     from peft import PeftModel
 
-    from musiclit.model.lora import LoraSettings, apply_lora
-
     if adapter.is_dir():
         check_adapter(adapter, model, f"the base model '{source}'")
         config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=False), "lora", bool(config.get("use_dora"))
     ckpt = read_checkpoint(adapter)
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = checkpoint_model_state(ckpt)
     lora = _lora_dict(ckpt["hyper_parameters"].get("lora"))
     if lora is None:
         _check_state(adapter, model, state, source)
         return state, "full", False
-    settings = LoraSettings(**{k: v for k, v in lora.items() if k in {f.name for f in fields(LoraSettings)}})
-    settings.init_lora_weights = True  # overwritten by the checkpoint's weights
-    settings.dropout = 0.0
-    try:
-        peft_model = apply_lora(model, settings)
-    except ValueError as err:
-        raise AdapterMismatchError(f"{adapter}: its LoRA settings do not fit the base '{source}': {err}") from None
-    _check_state(adapter, peft_model, state, source)
-    peft_model.load_state_dict(state, strict=False)
-    return peft_model, "lora", settings.use_dora
+    peft_model, is_dora = apply_checkpoint_lora(adapter, model, state, lora, source)
+    return peft_model, "lora", is_dora
 
 
 def load_mix(

@@ -25,7 +25,7 @@ from musiclit.model.lora import (
     freeze_for_full_finetune,
     share_dropout_masks,
 )
-from musiclit.model.loss import musicgen_loss
+from musiclit.model.loss import musicgen_loss, pad_text_states
 from musiclit.model.musicgen import ModelLoadError, load_musicgen
 from musiclit.train.optim import WarmupCosine, parameter_groups
 
@@ -236,13 +236,7 @@ class MusicGenModule(L.LightningModule):
         and fresh states are bit-identical.
         """
         states = [self._encode_one(c) for c in captions]
-        length = max(s.shape[0] for s in states)
-        out = states[0].new_zeros((len(states), length, states[0].shape[-1]))
-        mask = torch.zeros((len(states), length), dtype=torch.long, device=out.device)
-        for i, s in enumerate(states):
-            out[i, : s.shape[0]] = s
-            mask[i, : s.shape[0]] = 1
-        return out, mask
+        return pad_text_states(states)
 
     def _encode_one(self, caption: str) -> torch.Tensor:
         cached = self._text_cache.get(caption)
