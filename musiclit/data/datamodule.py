@@ -270,6 +270,7 @@ class MusicDataModule(L.LightningDataModule):
         return ResumableLoader(
             dataset,
             sampler,
+            checkpoint=lambda: getattr(getattr(self, "trainer", None), "ckpt_path", None),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +205,14 @@ class EpochSampler(Sampler[tuple[int, int]]):
 class ResumableLoader(DataLoader):
     """A DataLoader whose position in the epoch is saved in checkpoints and restored on resume."""
 
-    def __init__(self, dataset: ClipDataset, sampler: EpochSampler, **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: ClipDataset, sampler: EpochSampler, checkpoint: Callable[[], Any] | None = None, **kwargs: Any
+    ) -> None:
+        """``checkpoint``: tells which checkpoint a restored state comes from (for error messages)."""
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.epoch_sampler = sampler
         self.batches_done = 0
+        self.checkpoint = checkpoint
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         skip = self.epoch_sampler.start // (self.batch_size or 1)
@@ -240,8 +244,9 @@ class ResumableLoader(DataLoader):
             epoch, done = epoch + 1, 0
         now = self._layout()
         if done and (saved["batch_size"], saved["world_size"]) != (now["batch_size"], now["world_size"]):
+            source = (self.checkpoint() if self.checkpoint else None) or "the checkpoint"
             raise ConfigError(
-                f"the checkpoint stopped inside epoch {epoch}, after {done} of {saved['batches']} batches of "
+                f"{source}: stopped inside epoch {epoch}, after {done} of {saved['batches']} batches of "
                 f"data.batch_size {saved['batch_size']} in {saved['world_size']} process(es); this run has "
                 f"data.batch_size {now['batch_size']} in {now['world_size']}, where that position does not exist. "
                 f"Resume with --data.batch_size {saved['batch_size']} and {saved['world_size']} device(s) "
