@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import StepRecorder, fit_args, read_steps, tiny_fit, write_mixed_dataset
+from tiny_run import CrashAt, StepRecorder, fit_args, read_steps, tiny_fit, write_mixed_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL = 8  # steps of every run: 1.6 epochs
@@ -88,18 +88,6 @@ def resume(tiny_model_dir, data, root, bucket, workers, *extra):
     return recorder.rows
 
 
-class CrashAt(StepRecorder):
-    """Dies at the start of global step ``n`` (after step n's checkpoint was written)."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n = n
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.n:
-            raise RuntimeError("simulated crash")
-
-
 def test_mixed_dataset_has_ragged_epochs(tiny_model_dir, mixed_dataset, straight):
     """The fixture is what the tests claim: no manifest, 18 training clips of mixed length, 5 batches an epoch
     (one of 2 clips), and a long clip cropped at different places in different epochs."""
@@ -147,10 +135,10 @@ def test_resume_after_max_steps_matrix(tiny_model_dir, mixed_dataset, straight, 
 def test_resume_from_a_mid_epoch_checkpoint_after_a_crash(
     tiny_model_dir, mixed_dataset, straight, tmp_path, bucket, workers, crash
 ):
-    first, every = CrashAt(crash), ("--checkpoint.every_n_train_steps", "1")
+    first, every = StepRecorder(), ("--checkpoint.every_n_train_steps", "1")
     with pytest.raises(RuntimeError, match="simulated crash"):
         tiny_fit(tiny_model_dir, mixed_dataset, tmp_path, *options(bucket, workers, "--trainer.max_steps", str(TOTAL),
-                 *every), callbacks=[first])  # fmt: skip
+                 *every), callbacks=[first, CrashAt(crash)])  # fmt: skip
     assert len(first.rows) == crash
     second = resume(tiny_model_dir, mixed_dataset, tmp_path, bucket, workers, *every)
     assert_same_steps(first.rows + second, straight(bucket))
@@ -219,10 +207,9 @@ def test_a_mid_epoch_resume_in_another_batch_layout_is_refused_with_the_way_out(
     from musiclit.errors import ConfigError
 
     every = ("--checkpoint.every_n_train_steps", "1")
-    first = CrashAt(2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         tiny_fit(tiny_model_dir, mixed_dataset, tmp_path, *options(False, 0, "--trainer.max_steps", "4", *every),
-                 callbacks=[first])  # fmt: skip
+                 callbacks=[CrashAt(2)])  # fmt: skip
     with pytest.raises(ConfigError, match=r"last.ckpt: stopped inside epoch 0, after 2 of \d+ batches of "
                        r"data.batch_size 4 .*--data.batch_size 4"):  # fmt: skip
         tiny_fit(tiny_model_dir, mixed_dataset, tmp_path, *options(False, 0, "--trainer.max_steps", "4", *every),

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from tiny_run import fit_args, tiny_fit
+from tiny_run import CrashAt, fit_args, tiny_fit
 
 from musiclit.model.lora import LoraSettings
 from musiclit.model.musicgen import ModelLoadError
@@ -39,20 +39,10 @@ EXACT = (
 )  # fmt: skip
 
 
-def fit(model_dir, data_dir, root, *extra, recorder=None):
-    return tiny_fit(model_dir, data_dir, root, *EXACT, *extra, callbacks=[recorder] if recorder else None)
-
-
-class CrashAfter(LossRecorder):
-    """Records losses, then dies at the start of step ``n + 1`` (after step n's checkpoint was written)."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n = n
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.n:
-            raise RuntimeError("simulated crash")
+def fit(model_dir, data_dir, root, *extra, recorder=None, crash_at=None):
+    """The tiny fit with EXACT; ``crash_at``: raise at the start of that global step (tiny_run.CrashAt)."""
+    callbacks = ([recorder] if recorder else []) + ([CrashAt(crash_at)] if crash_at is not None else [])
+    return tiny_fit(model_dir, data_dir, root, *EXACT, *extra, callbacks=callbacks)
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +173,10 @@ def test_fit_resume_is_exact_and_checkpoints_hold_no_frozen_weights(tiny_model_d
     assert len(straight.losses) == 6
     for stop in (3, 4):
         root = tmp_path / f"b{stop}"
-        first, second = CrashAfter(stop), LossRecorder()
+        first, second = LossRecorder(), LossRecorder()
         with pytest.raises(RuntimeError, match="simulated crash"):
             fit(tiny_model_dir, tiny_dataset, root, "--trainer.max_steps", "6",
-                "--checkpoint.every_n_train_steps", "1", recorder=first)  # fmt: skip
+                "--checkpoint.every_n_train_steps", "1", recorder=first, crash_at=stop)  # fmt: skip
         assert len(first.losses) == stop
         fit(tiny_model_dir, tiny_dataset, root, "--trainer.max_steps", "6", "--ckpt_path", "last", recorder=second)
         assert first.losses + second.losses == straight.losses, f"crashed after {stop}"
@@ -207,12 +197,12 @@ def test_fit_resume_is_exact_and_checkpoints_hold_no_frozen_weights(tiny_model_d
 def test_resume_is_exact_with_gradient_accumulation(tiny_model_dir, tiny_dataset, tmp_path):
     """batch 1 x accumulation 2: a crash after 3 optimiser steps (6 micro-batches) resumes exactly."""
     extra = ("--data.batch_size", "1", "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "5")
-    straight, first, second = LossRecorder(), CrashAfter(3), LossRecorder()
+    straight, first, second = LossRecorder(), LossRecorder(), LossRecorder()
     fit(tiny_model_dir, tiny_dataset, tmp_path / "a", *extra, recorder=straight)
     assert len(straight.losses) == 10
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(tiny_model_dir, tiny_dataset, tmp_path / "b", *extra, "--checkpoint.every_n_train_steps", "1",
-            recorder=first)  # fmt: skip
+            recorder=first, crash_at=3)  # fmt: skip
     assert len(first.losses) == 6
     fit(tiny_model_dir, tiny_dataset, tmp_path / "b", *extra, "--ckpt_path", "last", recorder=second)
     assert first.losses + second.losses == straight.losses

@@ -112,3 +112,14 @@ def read_steps(path: str | Path, rank: int = 0) -> list[dict[str, Any]]:
 
     file = Path(f"{path}.rank{rank}.jsonl")
     return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+
+
+class CrashAt(_Callback):
+    """Raises "simulated crash" at the start of global step ``n`` (after step n's checkpoint was written)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.n:
+            raise RuntimeError("simulated crash")
