@@ -58,13 +58,16 @@ def tempo_verdict(bpm: float | None, ref: float) -> str:
     return "wrong"
 
 
-def prepare_and_read_labels(files: list[dict], workers: int = 2, output: Path | None = None) -> tuple[list[dict], dict]:
+def prepare_and_read_labels(
+    files: list[dict], workers: int = 2, output: Path | None = None, tempo_markings: bool = True
+) -> tuple[list[dict], dict]:
     """Run ``prepare`` (default settings) on the folder of ``files`` and return one row per file.
 
     Args:
         files: Entries of :func:`load_labels` (all in one folder tree).
         workers: Worker processes.
         output: Dataset folder (default: a temporary folder, deleted afterwards).
+        tempo_markings: False = ``--no-tempo-markings`` (the tempo level from the audio alone).
 
     Returns:
         ``(rows, report)``; a row holds the truth, prepare's labels and whether the song was kept.
@@ -80,7 +83,9 @@ def prepare_and_read_labels(files: list[dict], workers: int = 2, output: Path | 
         tmp = Path(tempfile.mkdtemp(prefix="musiclit-realmusic-"))
         output = tmp / "dataset"
     try:
-        config = PrepareConfig(input=base, output=output, workers=workers, progress=False)
+        config = PrepareConfig(
+            input=base, output=output, workers=workers, progress=False, tempo_markings=tempo_markings
+        )
         report = run_prepare(config, log=lambda _m: None)
         states = {st.get("source"): st for _, st in StateStore(output, read_only=True).all()}
         kept = {c["song"] for c in report["captions"]}
@@ -104,6 +109,8 @@ def prepare_and_read_labels(files: list[dict], workers: int = 2, output: Path | 
                     "raw_bpm": lab.get("bpm_raw"),
                     "bpm": lab.get("bpm"),
                     "octave": lab.get("bpm_octave"),
+                    "marking": lab.get("bpm_marking"),
+                    "level_from": lab.get("bpm_level_from"),
                     "alternation": lab.get("bpm_alternation"),
                     "offbeat": lab.get("bpm_offbeat"),
                     "confidence": lab.get("bpm_confidence"),
@@ -123,21 +130,32 @@ def prepare_and_read_labels(files: list[dict], workers: int = 2, output: Path | 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def format_realmusic_table(rows: list[dict], baseline: dict[str, dict]) -> str:
-    """The dev-set table of ``tools/bench_prepare.py --accuracy``: prepare's labels beside Essentia's raw baseline."""
+def format_realmusic_table(rows: list[dict], baseline: dict[str, dict], audio_only: list[dict] | None = None) -> str:
+    """The dev-set table of ``tools/bench_prepare.py --accuracy``: prepare's labels beside Essentia's raw baseline.
+
+    ``level`` says what chose the metrical level: the accents, or a tempo marking in the file name (the word).
+    ``audio_only`` (rows of a ``--no-tempo-markings`` run) adds that run's tempo and verdict.
+    """
+    alone = {r["id"]: r for r in audio_only or []}
     head = (
         f"{'file':<34} {'ref bpm':>7} | {'RE2013':>6} {'verdict':<7} | {'raw':>6} {'bpm':>6} {'octave':<7} "
-        f"{'conf':>4} {'verdict':<7} | {'ref key':<9} {'bgate':<9} {'key':<9} | kept"
+        f"{'level':<8} {'conf':>4} {'verdict':<7} | "
+        + (f"{'no-mark':>7} {'verdict':<7} | " if alone else "")
+        + f"{'ref key':<9} {'bgate':<9} {'key':<9} | kept"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         b = baseline.get(r["id"], {})
         re_bpm = b.get("rhythmextractor2013_bpm")
+        level = r.get("marking") if r.get("level_from") == "marking" else "accents"
+        a = alone.get(r["id"])
         lines.append(
             f"{r['id'][:34]:<34} {r['ref_bpm']:>7.0f} | "
             f"{(f'{re_bpm:.1f}' if re_bpm else '-'):>6} {tempo_verdict(re_bpm, r['ref_bpm']) if re_bpm else '-':<7} | "
-            f"{r['raw_bpm'] or 0:>6.1f} {r['bpm'] or 0:>6.1f} {r['octave'] or '-':<7} "
-            f"{r['confidence'] or 0:>4.2f} {r['verdict']:<7} | {r['ref_key']:<9} {b.get('key_bgate', '-'):<9} "
+            f"{r['raw_bpm'] or 0:>6.1f} {r['bpm'] or 0:>6.1f} {r['octave'] or '-':<7} {level:<8} "
+            f"{r['confidence'] or 0:>4.2f} {r['verdict']:<7} | "
+            + (f"{a['bpm'] or 0:>7.1f} {a['verdict']:<7} | " if a else ("-" * 7 + " " * 9 + "| " if alone else ""))
+            + f"{r['ref_key']:<9} {b.get('key_bgate', '-'):<9} "
             f"{(r['key'] or '-') + ('' if r['key_ok'] else '!'):<9} | {'yes' if r['kept'] else 'NO'}"
         )
     n = len(rows)
@@ -151,6 +169,13 @@ def format_realmusic_table(rows: list[dict], baseline: dict[str, dict]) -> str:
         f"key exact: {sum(r['key_ok'] for r in rows)}/{n}; "
         f"kept with default settings: {sum(r['kept'] for r in rows)}/{n}"
     )
+    if alone:
+        marked = [r["id"] for r in rows if r.get("level_from") == "marking"]
+        lines.append(
+            f"the audio alone (--no-tempo-markings): tempo within 4 %: "
+            f"{sum(a['verdict'] == 'exact' for a in alone.values())}/{len(alone)}; the level was set by a tempo "
+            f"marking in the file name for {len(marked)}{': ' + ', '.join(marked) if marked else ''}"
+        )
     if baseline:
         b_re = sum(tempo_verdict(b.get("rhythmextractor2013_bpm"), b["ref_bpm"]) == "exact" for b in baseline.values())
         b_pe = sum(tempo_verdict(b.get("percival_bpm"), b["ref_bpm"]) == "exact" for b in baseline.values())

@@ -220,3 +220,35 @@ def test_fit_trains_on_the_prepared_dataset(messy, tiny_model_dir, tmp_path):
     tiny_fit(tiny_model_dir, out, run, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_tempo_marking_in_the_file_name_sets_the_level_and_the_flag_turns_it_off(tmp_path, capsys):
+    """A 120 BPM song named "adagio": the audio alone says 120; the marking (40-80 BPM) asks for the level
+    inside its range, 60, and nothing in even beats forbids it. ``--no-tempo-markings`` gives the audio's answer."""
+    from musiclit.__main__ import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write(src / "second_movement_adagio.wav", synth_song(SongSpec(120, 7, "major", 20.0, seed=3), 44100, 2), 44100)
+    runs = {}
+    for name, extra in (("marked", []), ("audio", ["--no-tempo-markings"])):
+        out = tmp_path / name
+        args = ["prepare", "--input", str(src), "--output", str(out), "--workers", "1", "--segment", "10"]
+        assert main([*args, "--min-tail", "5", "--no-progress", *extra]) == 0
+        runs[name] = (json.loads((out / "report.json").read_text())["labels"]["tempo"][0], out)
+    audio, _ = runs["audio"]
+    marked, out = runs["marked"]
+    assert abs(audio["bpm"] - 120) / 120 < 0.04 and audio["marking"] is None and audio["level_from"] == "accents"
+    assert marked["bpm_raw"] == audio["bpm_raw"]
+    assert abs(marked["bpm"] - audio["bpm"] / 2) < 0.1 and 40 <= marked["bpm"] <= 80
+    assert (marked["marking"], marked["level_from"], marked["octave"]) == ("adagio", "marking", "halved")
+    assert "by the marking 'adagio'" in (out / "report.txt").read_text()
+    cap = Caption.load(next((out / "clips").glob("*/*_0000.json")))
+    assert cap.bpm == marked["bpm"]
+    # a rename that keeps the marking keeps the analysis; one that drops it labels the song again
+    (src / "second_movement_adagio.wav").rename(src / "II_adagio.wav")
+    again = run_prepare(PrepareConfig(input=src, output=out, workers=1, progress=False))
+    assert again["resume"]["analysed"] == 0 and again["labels"]["tempo"][0]["bpm"] == marked["bpm"]
+    (src / "II_adagio.wav").rename(src / "II.wav")
+    again = run_prepare(PrepareConfig(input=src, output=out, workers=1, progress=False))
+    assert again["resume"]["analysed"] == 1 and again["labels"]["tempo"][0]["bpm"] == audio["bpm"]

@@ -120,6 +120,85 @@ def test_halving_weighs_the_accent_evidence_against_the_tempo_prior(raw, weak, e
     assert (weak < labels.halving_threshold(raw)) == (expected == "halved")
 
 
+@pytest.mark.parametrize(
+    ("texts", "words", "low", "high"),
+    [
+        (("II. Adagio",), ("adagio",), 40, 80),
+        ((None, "02_cpebach_wq55-4_poco_adagio"), ("adagio",), 40, 80),
+        (("Sonata in A", "06_haydn_op1_presto_long"), ("presto",), 140, 220),  # no word in the title: the file name
+        (("Allegro ma non troppo", "song_adagio"), ("allegro",), 100, 180),  # the title wins
+        (("Allegro moderato",), ("allegro", "moderato"), 100, 130),  # the ranges' intersection
+        (("ANDANTE_con_moto",), ("andante",), 56, 108),
+    ],
+)
+def test_tempo_marking_reads_titles_and_file_names(texts, words, low, high):
+    m = labels.tempo_marking(*texts)
+    assert m is not None
+    assert (m.words, m.low, m.high) == (words, low, high)
+    for w in words:  # the intersection lies inside every word's own range
+        assert labels.TEMPO_MARKINGS[w][0] <= m.low <= m.high <= labels.TEMPO_MARKINGS[w][1]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ("Adagio - Allegro molto",),  # a slow introduction and a fast movement: the excerpt may be either
+        ("The grave digger", "vivo_en_madrid"),  # common words, not markings
+        ("prestonpans_reel", "allegrissimo-not-a-word"),  # only whole words count
+        (None, ""),
+    ],
+)
+def test_tempo_marking_ignores_what_is_not_one(texts):
+    assert labels.tempo_marking(*texts) is None
+
+
+def _flat_envelope(bpm: float, offbeat: float, fps: float = 100.0, seconds: float = 60.0) -> np.ndarray:
+    """Equal beats at ``bpm`` with notes of strength ``offbeat`` halfway between them (a running pulse)."""
+    env = np.zeros(int(seconds * fps))
+    period = 60.0 * fps / bpm
+    for k in range(int(env.size / period) - 1):
+        env[round(k * period)] = 1.0
+        env[round((k + 0.5) * period)] = offbeat
+    return env
+
+
+@pytest.mark.parametrize(
+    ("raw", "offbeat", "title", "expected_bpm", "level_from"),
+    [
+        (104, 0.6, None, 104, "accents"),  # equal beats, running eighths: the accents keep the raw level
+        (104, 0.6, "Poco adagio", 52, "marking"),  # the marking halves what the accents leave open
+        (104, 0.6, "Allegro", 104, "accents"),  # 104 is inside the allegro range: nothing to change
+        (88, 0.45, "Finale: Presto", 176, "marking"),  # the raw level is the half bar: doubled into the range
+        (96, 0.1, "Scherzo: Presto", 96, "accents"),  # nothing halfway between the beats: never doubled
+        (140, 0.6, "Largo", 70, "marking"),
+    ],
+)
+def test_a_marking_picks_the_level_the_accents_leave_open(raw, offbeat, title, expected_bpm, level_from):
+    env = _flat_envelope(raw, offbeat)
+    marking = labels.tempo_marking(title)
+    t = labels.choose_metrical_level(env, 100.0, float(raw), 40, 220, marking=marking)
+    assert t.offbeat == pytest.approx(offbeat, abs=0.02) and t.alternation == pytest.approx(1.0, abs=0.05)
+    assert t.bpm == pytest.approx(expected_bpm, rel=0.01)
+    assert t.level_from == level_from
+    assert t.marking == (str(marking) if marking else "")
+    if title is None:
+        return
+    # the blocked case is blocked by the accents: the doubling threshold is more than MARKING_WEIGHT octaves away
+    _, m_double = labels.level_margins(raw, t.alternation, t.offbeat)
+    blocked = expected_bpm == raw and not marking.contains(raw)
+    assert blocked == (-m_double > labels.MARKING_WEIGHT)
+
+
+def test_a_marking_can_undo_a_weakly_supported_halving():
+    env = _pulse_envelope(140, 0.45)  # halved by the accents alone: 0.45 is just under the threshold (0.6)
+    assert labels.choose_metrical_level(env, 100.0, 140.0, 40, 220).bpm == pytest.approx(70, rel=0.01)
+    t = labels.choose_metrical_level(env, 100.0, 140.0, 40, 220, marking=labels.tempo_marking("Allegro"))
+    assert (t.bpm, t.octave, t.level_from) == (140.0, "kept", "marking")
+    env = _pulse_envelope(140, 0.1)  # a beat that alternates this clearly is not undone
+    t = labels.choose_metrical_level(env, 100.0, 140.0, 40, 220, marking=labels.tempo_marking("Allegro"))
+    assert (t.bpm, t.level_from) == (70.0, "accents")
+
+
 def test_prior_thresholds_follow_the_tempo():
     t = labels.TYPICAL_BPM
     assert labels.halving_threshold(np.sqrt(2) * t) == pytest.approx(0.5)
@@ -544,6 +623,7 @@ def test_cli_help_documents_every_option(capsys):
         "--dry-run",
         "--descriptions",
         "--tf-models",
+        "--no-tempo-markings",
         "--seed",
     ):
         assert option in text

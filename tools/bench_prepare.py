@@ -100,9 +100,10 @@ def accuracy(duration: float, workers: int, realmusic: Path | None) -> None:
         t = time.perf_counter()
         real, _report = prepare_and_read_labels(files, workers)
         wall = time.perf_counter() - t
+        alone, _ = prepare_and_read_labels(files, workers, tempo_markings=False)
         audio = sum(f["duration_s"] for f in files)
         print(f"real music: {root} ({len(files)} files, {audio / 60:.1f} min), prepare with default settings")
-        print(format_realmusic_table(real, load_baseline(root)))
+        print(format_realmusic_table(real, load_baseline(root), alone))
         print(f"(prepare took {wall:.1f} s with {workers} workers: {audio / wall:.0f}x realtime)\n")
     synth = accuracy_rows(accuracy_specs(duration))
     print(f"synthesized songs ({duration:g} s each)")
@@ -111,23 +112,37 @@ def accuracy(duration: float, workers: int, realmusic: Path | None) -> None:
 
 
 def sensitivity(real: list[dict], synth: list[dict]) -> str:
-    """Tempo score of both sets when the metrical-level rule's two constants change (measured ratios reused)."""
-    from musiclit.prep.labels import MAX_HALVING_RATIO, TYPICAL_BPM, metrical_decision
+    """Tempo score of both sets when the metrical-level rule's constants change (measured ratios reused)."""
+    from pathlib import PurePosixPath
 
-    def score(rows: list[dict], key: str, typical: float, cap: float) -> int:
+    from musiclit.prep.labels import (
+        MARKING_WEIGHT,
+        MAX_HALVING_RATIO,
+        TYPICAL_BPM,
+        apply_marking,
+        metrical_decision,
+        tempo_marking,
+    )
+
+    def score(rows: list[dict], key: str, typical: float, cap: float, weight: float = MARKING_WEIGHT) -> int:
         ok = 0
         for r in rows:
             raw = r["raw_bpm"]
             if not raw or r.get("alternation") is None:
                 continue
-            octave, _ = metrical_decision(raw, r["alternation"], r["offbeat"], 40, 220, typical, cap)
+            octave, margin = metrical_decision(raw, r["alternation"], r["offbeat"], 40, 220, typical, cap)
+            marking = tempo_marking(PurePosixPath(r["rel"]).stem) if r.get("rel") else None
+            if marking is not None:
+                marked = apply_marking(raw, octave, margin, r["alternation"], r["offbeat"], marking, 40, 220, weight)
+                octave = marked[0] if marked else octave
             bpm = {"halved": raw / 2, "doubled": raw * 2}.get(octave, raw)
             ok += abs(bpm / r[key] - 1) <= 0.04
         return ok
 
     lines = [
         "tempo within 4 % when the rule's constants change (dev set / synthesized set); "
-        f"in use: TYPICAL_BPM {TYPICAL_BPM:g}, MAX_HALVING_RATIO {MAX_HALVING_RATIO:g}",
+        f"in use: TYPICAL_BPM {TYPICAL_BPM:g}, MAX_HALVING_RATIO {MAX_HALVING_RATIO:g}, "
+        f"MARKING_WEIGHT {MARKING_WEIGHT:g}",
         f"{'TYPICAL_BPM':>11} | " + " | ".join(f"cap {c:g}".center(13) for c in (0.5, 0.6, 0.7)),
     ]
     for typical in (70.0, 77.0, 83.0, 90.0, 100.0, 110.0):
@@ -136,6 +151,10 @@ def sensitivity(real: list[dict], synth: list[dict]) -> str:
             dev = f"{score(real, 'ref_bpm', typical, cap)}/{len(real)}" if real else "-"
             cells.append(f"{dev} / {score(synth, 'bpm', typical, cap)}/{len(synth)}".center(13))
         lines.append(f"{typical:>11g} | " + " | ".join(cells))
+    if real:
+        weights = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 100.0)
+        cells = [f"{w:g}: {score(real, 'ref_bpm', TYPICAL_BPM, MAX_HALVING_RATIO, w)}" for w in weights]
+        lines.append(f"dev set when MARKING_WEIGHT changes (octaves; 100 = a marking always wins): {', '.join(cells)}")
     return "\n".join(lines)
 
 

@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lb.add_argument("--no-tags", action="store_true", help="do not read title/artist/genre tags from the audio files")
     lb.add_argument(
+        "--no-tempo-markings",
+        action="store_true",
+        help="ignore tempo markings (Adagio, Allegro, Presto...) in titles and file names: the tempo's metrical "
+        "level then comes from the audio alone",
+    )
+    lb.add_argument(
         "--descriptions",
         type=Path,
         default=None,
@@ -251,6 +257,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         max_bpm=args.max_bpm,
         tf_models=args.tf_models,
         read_tags=not args.no_tags,
+        tempo_markings=not args.no_tempo_markings,
         descriptions_csv=args.descriptions,
         caption_template=args.caption_template,
         valid_fraction=args.valid_fraction,

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # Bump when the analysis code changes in a way that changes its results.
-ANALYSIS_VERSION = 2  # 2: brick-wall cut-off measured; tempo from the beat tracker + metrical-level rule
+ANALYSIS_VERSION = 3  # 2: brick-wall cut-off measured; tempo from the beat tracker + metrical-level rule
+# 3: tempo markings in titles and file names
 AUDIO_VERSION = 2  # 2: a kept short tail is written without baked-in silence
 
 DEFAULT_TEMPLATE = "[{genre} ]music[, {mood}][, with {instruments}][, {tempo_word} tempo at {bpm} bpm][, in {key}]"
@@ -86,6 +87,8 @@ class PrepareConfig:
         max_bpm: Highest tempo reported.
         tf_models: Folder of Essentia TensorFlow models (genre/mood/instruments); None = off.
         read_tags: Read title/artist/genre tags from the audio files.
+        tempo_markings: Let a tempo marking (Adagio, Allegro, Presto...) in the title tag or file name
+            choose the tempo's metrical level where the accents leave it open.
         descriptions_csv: CSV of ``path,description`` rows (path relative to the input folder).
         caption_template: Template of the generated description (see docs/prepare.md).
         valid_fraction: Fraction of songs in the validation split.
@@ -122,6 +125,7 @@ class PrepareConfig:
     max_bpm: float = 220.0
     tf_models: Path | None = None
     read_tags: bool = True
+    tempo_markings: bool = True
     descriptions_csv: Path | None = None
     caption_template: str = DEFAULT_TEMPLATE
     valid_fraction: float = 0.1
@@ -172,6 +176,7 @@ class PrepareConfig:
             "bpm_range": [self.min_bpm, self.max_bpm],
             "tf_models": str(self.tf_models) if self.tf_models else None,
             "read_tags": self.read_tags,
+            "tempo_markings": self.tempo_markings,
             "silence_db": self.quality.silence_db,
         }
 

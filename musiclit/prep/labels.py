@@ -16,6 +16,12 @@ when the accent evidence outweighs a prior on typical tempi:
   about 0.72 s, in Parncutt's 1994 model of pulse perception): halving a raw estimate needs stronger
   evidence the slower the halved tempo would be, doubling one needs it the faster the doubled tempo.
 
+A tempo marking in the song's title tag or file name (Adagio, Andante, Allegro, Presto...,
+:func:`tempo_marking`) is the composer's own word on the beat's speed. Where the accents leave the level
+open (equal beats with running subdivisions give no alternation to halve on and no empty midpoints to
+forbid doubling), the marking picks the level that falls inside its range (:func:`apply_marking`); it
+never overrides accents that contradict it by more than ``MARKING_WEIGHT`` octaves.
+
 The confidence (0..1) combines how far the evidence is from the decision threshold with whether a
 second, independent estimator (Essentia's ``PercivalBpmEstimator``) agrees with the raw estimate.
 """
@@ -37,6 +43,7 @@ ENV_BANDS = 24
 TYPICAL_BPM = 83.0  # centre of the tempo prior: Parncutt's (1994) period of maximal pulse salience, ~0.72 s
 MAX_HALVING_RATIO = 0.6  # never halve when the weak beats carry more than this share of the strong beats' onsets
 AGREE_TOLERANCE = 0.04  # two estimates agree when within 4 %
+MARKING_WEIGHT = 1.5  # a tempo marking outweighs accent evidence against its level up to 1.5 octaves
 DEGARA_HOP_44K = 1024  # Essentia's BeatTrackerDegara: 2048-sample frames, hop 1024 at 44.1 kHz
 
 KEY_FRAME_44K = 4096  # KeyExtractor's default frame (and hop) at 44.1 kHz
@@ -74,6 +81,8 @@ class Tempo:
             subdivisions of a slower beat).
         offbeat: Offbeat/beat ratio at the raw tempo (high: the beat may be twice as fast).
         second_bpm: The second estimator's (Percival) raw tempo, for the agreement check.
+        marking: The tempo marking that was read (e.g. "adagio"), "" when none.
+        level_from: What chose the metrical level: "accents" (the accent rule) or "marking".
     """
 
     bpm: float
@@ -84,6 +93,76 @@ class Tempo:
     alternation: float
     offbeat: float
     second_bpm: float = 0.0
+    marking: str = ""
+    level_from: str = "accents"
+
+
+# ---------------------------------------------------------------------- tempo markings
+# Beat tempi (BPM) of the Italian tempo markings: the usual metronome ranges widened to what performers
+# take (an adagio is often played at 50, an allegro at 100); each range is under an octave wide, so at
+# most one metrical level of an estimate falls inside it. Words that are also common words in other
+# languages' titles ("grave", "vivo") are left out.
+TEMPO_MARKINGS: dict[str, tuple[float, float]] = {
+    "largo": (40.0, 76.0),
+    "lento": (40.0, 76.0),
+    "larghetto": (44.0, 80.0),
+    "adagio": (40.0, 80.0),
+    "adagietto": (44.0, 84.0),
+    "andante": (56.0, 108.0),
+    "andantino": (60.0, 112.0),
+    "moderato": (80.0, 130.0),
+    "allegretto": (88.0, 140.0),
+    "allegro": (100.0, 180.0),
+    "vivace": (120.0, 200.0),
+    "vivacissimo": (140.0, 220.0),
+    "presto": (140.0, 220.0),
+    "prestissimo": (160.0, 240.0),
+}
+
+
+@dataclass(frozen=True)
+class TempoMarking:
+    """A tempo marking read from a title or file name.
+
+    Attributes:
+        words: The marking words found, in order (e.g. ``("allegro", "moderato")``).
+        low: Lowest beat tempo of the marking in BPM (the intersection of the words' ranges).
+        high: Highest beat tempo.
+    """
+
+    words: tuple[str, ...]
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return " ".join(self.words)
+
+    def contains(self, bpm: float) -> bool:
+        return self.low <= bpm <= self.high
+
+
+def tempo_marking(*texts: str | None) -> TempoMarking | None:
+    """The tempo marking of the first text that has one (title tag first, then the file name).
+
+    Words are matched whole and case-insensitively, with any non-letter as separator (``02_poco_adagio``,
+    ``II. Allegro ma non troppo``). Several words narrow the range to their intersection ("Allegro
+    moderato": 100-130); words whose ranges do not overlap ("Adagio - Allegro", a slow introduction and a
+    fast movement) give no marking, since the analysed excerpt may be either.
+    """
+    import re
+
+    for text in texts:
+        if not text:
+            continue
+        words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if w in TEMPO_MARKINGS]
+        if not words:
+            continue
+        low = max(TEMPO_MARKINGS[w][0] for w in words)
+        high = min(TEMPO_MARKINGS[w][1] for w in words)
+        if low > high:
+            return None
+        return TempoMarking(tuple(dict.fromkeys(words)), low, high)
+    return None
 
 
 def onset_envelope(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
@@ -195,6 +274,61 @@ def doubling_threshold(raw_bpm: float, typical: float = TYPICAL_BPM) -> float:
     return 2 * raw_bpm / (2 * math.sqrt(2) * typical)
 
 
+def level_margins(
+    raw_bpm: float, alternation: float, offbeat: float, typical: float = TYPICAL_BPM, cap: float = MAX_HALVING_RATIO
+) -> tuple[float, float]:
+    """How far the accent ratios are past the halving and the doubling threshold, in octaves.
+
+    Returns:
+        ``(m_half, m_double)``: positive where the accents call for halving (doubling), negative by how
+        much they fall short (1 = a factor of two).
+    """
+    m_half = math.log2(halving_threshold(raw_bpm, typical, cap) / max(alternation, 1e-6))
+    m_double = math.log2(max(offbeat, 1e-6) / doubling_threshold(raw_bpm, typical))
+    return m_half, m_double
+
+
+def apply_marking(
+    raw_bpm: float,
+    octave: str,
+    margin: float,
+    alternation: float,
+    offbeat: float,
+    marking: TempoMarking,
+    min_bpm: float,
+    max_bpm: float,
+    weight: float = MARKING_WEIGHT,
+) -> tuple[str, float] | None:
+    """The metrical level a tempo marking asks for, where the accents do not forbid it.
+
+    The accent rule's level (``octave``) stands when its tempo lies inside the marking's range, or when no
+    level (half, raw, double, within ``[min_bpm, max_bpm]``) does. Otherwise the level inside the range is
+    taken unless the accent evidence against it exceeds ``weight`` octaves: how far the accent ratio falls
+    short of the threshold that level needs (doubling onto midpoints that are nearly empty: a 6/8 beat
+    with nothing halfway between its beats is never doubled), or, to undo the rule's own halving or
+    doubling, the margin of that decision.
+
+    Returns:
+        ``(octave, margin)`` of the marking's level (margin = ``weight`` minus the evidence against it),
+        or None when the accent rule's level stands.
+    """
+    levels = {"halved": raw_bpm / 2, "kept": raw_bpm, "doubled": raw_bpm * 2}
+    if marking.contains(levels[octave]):
+        return None
+    inside = [k for k, v in levels.items() if marking.contains(v) and min_bpm <= v <= max_bpm]
+    if len(inside) != 1:
+        return None
+    m_half, m_double = level_margins(raw_bpm, alternation, offbeat)
+    target = inside[0]
+    if target == "kept":
+        against = max(0.0, margin)  # the rule halved or doubled by this margin
+    else:
+        against = max(0.0, -(m_half if target == "halved" else m_double))
+    if against > weight:
+        return None
+    return target, weight - against
+
+
 def metrical_decision(
     raw_bpm: float,
     alternation: float,
@@ -210,8 +344,7 @@ def metrical_decision(
         ``(octave, margin)``: "halved", "doubled" or "kept", and how clearly (in octaves of ratio from
         the nearest threshold; 1 = a factor of two).
     """
-    m_half = math.log2(halving_threshold(raw_bpm, typical, cap) / max(alternation, 1e-6))
-    m_double = math.log2(max(offbeat, 1e-6) / doubling_threshold(raw_bpm, typical))
+    m_half, m_double = level_margins(raw_bpm, alternation, offbeat, typical, cap)
     if m_half > 0 and raw_bpm / 2 >= min_bpm:
         return "halved", m_half
     if m_double > 0 and raw_bpm * 2 <= max_bpm:
@@ -259,6 +392,7 @@ def choose_metrical_level(
     second_bpm: float = 0.0,
     beats: np.ndarray | None = None,
     harmonic: tuple[np.ndarray, float] | None = None,
+    marking: TempoMarking | None = None,
 ) -> Tempo:
     """Pick the metrical level of a raw tempo estimate (see the module docstring).
 
@@ -273,9 +407,11 @@ def choose_metrical_level(
             ratios are measured on a fixed grid at ``bpm``.
         harmonic: ``(envelope, fps)`` of :func:`harmonic_change_envelope`: a second accent cue; with
             beats, each ratio is the geometric mean of the onset and the harmonic-change ratio.
+        marking: The song's tempo marking (:func:`tempo_marking`), applied by :func:`apply_marking`.
     """
+    words = str(marking) if marking else ""
     if env.size < 8 or bpm <= 0 or env.max() <= 0:
-        return Tempo(round(bpm, 1), round(bpm, 1), 0.0, "kept", 0.0, 1.0, 0.0, round(second_bpm, 1))
+        return Tempo(round(bpm, 1), round(bpm, 1), 0.0, "kept", 0.0, 1.0, 0.0, round(second_bpm, 1), words)
     period = 60.0 / bpm
     held = _peak_hold(env)
     measured = _accent_ratios(held, fps, beats) if beats is not None else None
@@ -295,6 +431,10 @@ def choose_metrical_level(
             alternation = math.sqrt(alternation * cue[0])
             offbeat = math.sqrt(offbeat * cue[1])
     octave, margin = metrical_decision(bpm, alternation, offbeat, min_bpm, max_bpm)
+    level_from = "accents"
+    marked = apply_marking(bpm, octave, margin, alternation, offbeat, marking, min_bpm, max_bpm) if marking else None
+    if marked is not None:
+        (octave, margin), level_from = marked, "marking"
     out_bpm = {"halved": bpm / 2, "doubled": bpm * 2}.get(octave, bpm)
     out_period = 60.0 / out_bpm
     return Tempo(
@@ -306,6 +446,8 @@ def choose_metrical_level(
         alternation=round(alternation, 3),
         offbeat=round(offbeat, 3),
         second_bpm=round(second_bpm, 1),
+        marking=words,
+        level_from=level_from,
     )
 
 
@@ -364,7 +506,9 @@ def track_beats(x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: float 
     return 60.0 / float(steady.mean() if steady.size else med), ticks
 
 
-def estimate_tempo(x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: float = 220.0) -> Tempo:
+def estimate_tempo(
+    x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: float = 220.0, marking: TempoMarking | None = None
+) -> Tempo:
     """Tempo of mono audio: Essentia's beat tracker, a metrical-level choice, and a confidence.
 
     Args:
@@ -372,6 +516,7 @@ def estimate_tempo(x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: flo
         rate: Its sample rate (11025 Hz is plenty).
         min_bpm: Lowest tempo reported.
         max_bpm: Highest tempo reported.
+        marking: The song's tempo marking (:func:`tempo_marking` of its title and file name), if any.
     """
     es = _essentia()
     lo, hi = max(30.0, min_bpm), min(300.0, max_bpm)
@@ -381,7 +526,7 @@ def estimate_tempo(x: np.ndarray, rate: int, min_bpm: float = 40.0, max_bpm: flo
         raw, beats = second, np.zeros(0)
     env, fps = onset_envelope(x, rate)
     harmonic = harmonic_change_envelope(x, rate)
-    tempo = choose_metrical_level(env, fps, raw, lo, hi, second, beats, harmonic)
+    tempo = choose_metrical_level(env, fps, raw, lo, hi, second, beats, harmonic, marking)
     while tempo.bpm > hi:
         tempo.bpm, tempo.octave = round(tempo.bpm / 2, 1), "halved"
     while 0 < tempo.bpm < lo:

@@ -128,6 +128,7 @@ def process_song(task: SongTask) -> dict:
 def _label(task: SongTask, buf: Any, excerpt: tuple, labels: Any, quality: Any) -> dict:
     cfg = task.config
     out: dict[str, Any] = {}
+    tags: dict[str, str] = {}
     if cfg.read_tags:
         tags = labels.read_tags(Path(task.path))
         out.update({k: v for k, v in tags.items() if k in ("title", "artist", "album")})
@@ -138,7 +139,8 @@ def _label(task: SongTask, buf: Any, excerpt: tuple, labels: Any, quality: Any) 
     x, offset = excerpt
     if x.size < 4 * cfg.analysis_rate:
         return out
-    tempo = labels.estimate_tempo(x, cfg.analysis_rate, cfg.min_bpm, cfg.max_bpm)
+    marking = labels.tempo_marking(tags.get("title"), Path(task.path).stem) if cfg.tempo_markings else None
+    tempo = labels.estimate_tempo(x, cfg.analysis_rate, cfg.min_bpm, cfg.max_bpm, marking)
     period = 60.0 / tempo.bpm if tempo.bpm > 0 else None
     out.update(
         bpm=tempo.bpm,
@@ -148,6 +150,8 @@ def _label(task: SongTask, buf: Any, excerpt: tuple, labels: Any, quality: Any) 
         bpm_octave=tempo.octave,
         bpm_alternation=tempo.alternation,
         bpm_offbeat=tempo.offbeat,
+        bpm_marking=tempo.marking or None,
+        bpm_level_from=tempo.level_from,
         beat_period=period,
         first_beat=((offset + tempo.first_beat) % period) if period else None,
     )
@@ -434,6 +438,16 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
     states = {s.sha: store.load(s.sha) for s in unique}
     ids: dict[str, str] = {}
     rel_by_sha = {s.sha: s.rel for s in unique}
+
+    def akey_of(sha: str) -> str:
+        """The analysis key of one song: a tempo marking in its file name is part of it (a rename that adds one
+        re-labels the song; any other rename keeps the results)."""
+        if not config.tempo_markings:
+            return akey
+        from musiclit.prep.labels import tempo_marking
+
+        return f"{akey}:{tempo_marking(Path(rel_by_sha[sha]).stem) or ''}"
+
     for s in unique:
         ids[s.sha] = states[s.sha].get("song_id") or song_id_for(s)
     stats = {"analysed": 0, "analysis_reused": 0, "songs_chunked": 0, "songs_reused": 0}
@@ -461,12 +475,12 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
         timings.append(res["timing"])
         if res["error"]:
             errors[sha] = res["error"]
-            st.update(error=res["error"], analysis_key=akey, analysis=None, source=rel_by_sha[sha])
+            st.update(error=res["error"], analysis_key=akey_of(sha), analysis=None, source=rel_by_sha[sha])
             store.save(sha, st)
             return
         st.pop("error", None)
-        if res["analysis"] is not None and st.get("analysis_key") != akey:
-            st.update(analysis=res["analysis"], analysis_key=akey)
+        if res["analysis"] is not None and st.get("analysis_key") != akey_of(sha):
+            st.update(analysis=res["analysis"], analysis_key=akey_of(sha))
         if res["clips"] is not None:
             st.update(clips=res["clips"], audio_key=aukey)
             chunked.add(sha)
@@ -475,12 +489,13 @@ def run_prepare(config: PrepareConfig, demucs_model: Any = None, log: Callable[[
 
     # phase 1: analysis (and clips on the way when no vocal removal is asked)
     for s in unique:
-        if states[s.sha].get("error") and states[s.sha].get("analysis_key") == akey:
+        if states[s.sha].get("error") and states[s.sha].get("analysis_key") == akey_of(s.sha):
             errors[s.sha] = states[s.sha]["error"]  # failed before with these settings and the same bytes
     todo = [
         s
         for s in unique
-        if s.sha not in errors and (states[s.sha].get("analysis_key") != akey or not states[s.sha].get("analysis"))
+        if s.sha not in errors
+        and (states[s.sha].get("analysis_key") != akey_of(s.sha) or not states[s.sha].get("analysis"))
     ]
     stats["analysed"], stats["analysis_reused"] = len(todo), len(unique) - len(todo)
     write_now = not dry and not config.remove_vocals

@@ -48,6 +48,8 @@ def build_report(
             "bpm_raw": lab.get("bpm_raw"),
             "octave": lab.get("bpm_octave"),
             "confidence": lab.get("bpm_confidence"),
+            "marking": lab.get("bpm_marking"),
+            "level_from": lab.get("bpm_level_from"),
         }
         for s, lab in zip(kept, labels, strict=True)
         if lab.get("bpm")
@@ -157,7 +159,10 @@ def format_report(report: dict) -> str:
         lines.append("tempo per song (Essentia's raw estimate -> label, confidence; ? = below 0.5: check it):")
         for t in lab["tempo"]:
             flag = " ?" if t["confidence"] is not None and t["confidence"] < LOW_TEMPO_CONFIDENCE else ""
-            lines.append(f"  {t['song']}: {t['bpm_raw']} -> {t['bpm']} bpm ({t['octave']}, {t['confidence']}){flag}")
+            how = f" by the marking '{t['marking']}'" if t.get("level_from") == "marking" else ""
+            lines.append(
+                f"  {t['song']}: {t['bpm_raw']} -> {t['bpm']} bpm ({t['octave']}{how}, {t['confidence']}){flag}"
+            )
     lines.append("keys: " + (", ".join(f"{k} ({v})" for k, v in lab["keys"].items()) or "-"))
     lines.append("genres: " + (", ".join(f"{k} ({v})" for k, v in lab["genres"].items()) or "-"))
     if lab["moods"]:
