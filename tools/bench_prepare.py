@@ -3,11 +3,14 @@
     python tools/bench_prepare.py                 # 12 synthesized 3-minute songs, workers = cores
     python tools/bench_prepare.py --songs 20 --seconds 240 --workers 2
     python tools/bench_prepare.py --accuracy      # tempo/key/kept on the real-music dev set and the synthesized set
+    python tools/bench_prepare.py --accuracy --checkset ../checkset   # and on the check set (build_checkset.py)
 
 Accuracy: the real-music development set (``$MUSICLIT_REALMUSIC``, ``--realmusic`` or
 ``../shared/realmusic-dev``) is prepared with default settings and prepare's labels are printed beside
 Essentia's raw baseline (the set's ``baseline_essentia.json``); then the synthesized accuracy set; then
-how the tempo score of both sets moves with the two constants of the metrical-level rule.
+how the tempo score of both sets moves with the two constants of the metrical-level rule. With
+``--checkset`` (or ``$MUSICLIT_CHECKSET``), the same table for the check set of ``tools/build_checkset.py``:
+28 movements the rules were not designed on.
 
 Speed is x-realtime: seconds of source audio per wall-clock second for the whole command (decode +
 filter + label + chunk + write, process-pool start included), in total and per core (worker). The
@@ -84,8 +87,9 @@ def bench(songs: int, seconds: float, workers: int, keep: Path | None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def accuracy(duration: float, workers: int, realmusic: Path | None) -> None:
-    """Print the accuracy tables: real-music dev set (when found), synthesized set, rule sensitivity."""
+def accuracy(duration: float, workers: int, realmusic: Path | None, checkset: Path | None = None) -> None:
+    """Print the accuracy tables: real-music dev set (when found), check set (when given), synthesized set,
+    rule sensitivity."""
     from prep_audio import accuracy_specs
     from prep_realmusic import format_realmusic_table, load_baseline, load_labels, prepare_and_read_labels
     from prep_realmusic import realmusic_root as find_root
@@ -105,6 +109,13 @@ def accuracy(duration: float, workers: int, realmusic: Path | None) -> None:
         print(f"real music: {root} ({len(files)} files, {audio / 60:.1f} min), prepare with default settings")
         print(format_realmusic_table(real, load_baseline(root), alone))
         print(f"(prepare took {wall:.1f} s with {workers} workers: {audio / wall:.0f}x realtime)\n")
+    checkset = checkset or (Path(os.environ["MUSICLIT_CHECKSET"]) if os.environ.get("MUSICLIT_CHECKSET") else None)
+    if checkset is not None:
+        files = load_labels(checkset)
+        rows, _ = prepare_and_read_labels(files, workers)
+        alone, _ = prepare_and_read_labels(files, workers, tempo_markings=False)
+        print(f"check set: {checkset} ({len(files)} movements the rules were not designed on), default settings")
+        print(format_realmusic_table(rows, {}, alone) + "\n")
     synth = accuracy_rows(accuracy_specs(duration))
     print(f"synthesized songs ({duration:g} s each)")
     print(format_accuracy(synth) + "\n")
@@ -168,9 +179,12 @@ def main() -> None:
     p.add_argument("--accuracy", action="store_true", help="print the tempo/key/kept accuracy tables instead")
     p.add_argument("--accuracy-seconds", type=float, default=30.0, help="song length of the synthesized accuracy set")
     p.add_argument("--realmusic", type=Path, default=None, help="the real-music dev set folder (with labels.json)")
+    p.add_argument(
+        "--checkset", type=Path, default=None, help="the check set folder of tools/build_checkset.py (with labels.json)"
+    )
     args = p.parse_args()
     if args.accuracy:
-        accuracy(args.accuracy_seconds, args.workers, args.realmusic)
+        accuracy(args.accuracy_seconds, args.workers, args.realmusic, args.checkset)
     else:
         bench(args.songs, args.seconds, args.workers, args.keep)
 
