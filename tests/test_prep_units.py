@@ -139,6 +139,11 @@ def test_tempo_marking_reads_titles_and_file_names(texts, words, low, high):
         assert labels.TEMPO_MARKINGS[w][0] <= m.low <= m.high <= labels.TEMPO_MARKINGS[w][1]
 
 
+def test_tempo_marking_ranges_hold_one_metrical_level():
+    for word, (low, high) in labels.TEMPO_MARKINGS.items():
+        assert 0 < low < high <= 2 * low, word  # half, raw and double tempo cannot all fall inside
+
+
 @pytest.mark.parametrize(
     "texts",
     [

@@ -99,7 +99,7 @@ class Tempo:
 
 # ---------------------------------------------------------------------- tempo markings
 # Beat tempi (BPM) of the Italian tempo markings: the usual metronome ranges widened to what performers
-# take (an adagio is often played at 50, an allegro at 100); each range is under an octave wide, so at
+# take (an adagio is often played at 50, an allegro at 100); no range is wider than an octave, so at
 # most one metrical level of an estimate falls inside it. Words that are also common words in other
 # languages' titles ("grave", "vivo") are left out.
 TEMPO_MARKINGS: dict[str, tuple[float, float]] = {
