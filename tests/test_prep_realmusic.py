@@ -33,27 +33,53 @@ def test_real_files_are_kept_and_labelled(vendored):
     print("\n" + format_realmusic_table(list(rows.values()), {}))
     assert report["songs_used"] == 3, report["skipped"]
     assert report["skip_notice"] is None
-    # 128 kbps MP3: LAME's low-pass near 16 kHz, the edge of what a 32 kHz model hears: kept
-    assert rows["08"]["cutoff"] is not None and 15500 < rows["08"]["cutoff"] < 17000
+    # 192 kbps MP3s: LAME's low-pass near 18.5 kHz, above what a 32 kHz model hears: kept
+    assert rows["15"]["cutoff"] is not None and 17500 < rows["15"]["cutoff"] < 20000
     # soft solo piano, lossless: little treble (-60 dB at ~7 kHz) but a natural roll-off: kept
     assert rows["02"]["cutoff"] is None and rows["02"]["bandwidth"] < 9000
-    # the march (drums, 112) keeps Essentia's estimate; the 64 BPM brass chorale is read at the
-    # eighth-note level (128) and halved; keys exact
-    assert rows["08"]["verdict"] == "exact" and rows["08"]["octave"] == "kept"
-    assert rows["14"]["raw_verdict"] == "x2" and rows["14"]["verdict"] == "exact"
-    assert rows["08"]["key_ok"] and rows["14"]["key_ok"]
+    # the folk-rock tune (drums, 100) keeps Essentia's estimate; the 63 BPM slow air is read at the
+    # eighth-note level (126) and halved on its accents; keys exact
+    assert rows["15"]["verdict"] == "exact" and rows["15"]["octave"] == "kept"
+    assert rows["12"]["raw_verdict"] == "x2" and rows["12"]["verdict"] == "exact"
+    assert rows["12"]["octave"] == "halved"
+    assert rows["15"]["key_ok"] and rows["12"]["key_ok"]
     # the poco adagio (52) is read at the eighth note (104) with equal beats, which the accents leave as it
     # is; the marking in its file name (adagio: 40-80) picks the half level
     assert rows["02"]["raw_verdict"] == "x2" and rows["02"]["verdict"] == "exact"
     assert (rows["02"]["marking"], rows["02"]["level_from"]) == ("adagio", "marking")
-    assert rows["08"]["level_from"] == rows["14"]["level_from"] == "accents"
-    # 53.3 s -> 30 s + 23.3 s; 36.8 s -> 30 s (6.8 s tail dropped); 47.5 s -> 30 s + 17.5 s
-    assert (rows["02"]["clips"], rows["08"]["clips"], rows["14"]["clips"]) == (2, 1, 2)
+    assert rows["12"]["level_from"] == rows["15"]["level_from"] == "accents"
+    # 53.3 s -> 30 s + 23.3 s; 48.2 s -> 30 s + 18.2 s; 40.9 s -> 30 s + 10.9 s (over --min-tail 10)
+    assert (rows["02"]["clips"], rows["12"]["clips"], rows["15"]["clips"]) == (2, 2, 2)
+
+
+def test_a_true_low_bitrate_encode_of_real_music(tmp_path):
+    """The folk-rock tune (full-band drums and steel guitar) encoded again as a user's files may be: at
+    128 kbps LAME cuts near 16.8 kHz, the edge of the model's band (kept); at 56 kbps near 11 kHz (skipped)."""
+    from dataclasses import asdict
+
+    from prep_audio import write_mp3
+
+    from musiclit.data.audio import read_audio
+    from musiclit.prep import quality
+    from musiclit.prep.config import QualityThresholds
+    from musiclit.prep.pipeline import quality_verdict
+
+    x = read_audio(next(f["abspath"] for f in load_labels(VENDORED) if f["id"].startswith("15_")))
+    verdicts = {}
+    for name, compression in (("128k", 0.62), ("56k", 0.9)):
+        path = write_mp3(tmp_path / f"{name}.mp3", x, 44100, compression)
+        meas, buf = quality.decode_and_measure(path, 32000, 1)
+        buf.close()
+        verdicts[name] = (quality_verdict({"measurements": asdict(meas)}, QualityThresholds(), 32000), meas)
+    skip, meas = verdicts["128k"]
+    assert skip is None and 15500 < meas.cutoff < 17500
+    skip, meas = verdicts["56k"]
+    assert skip is not None and skip.reason == "low_bandwidth" and meas.cutoff < 0.85 * 16000
 
 
 def test_fit_trains_on_prepared_real_music(vendored, tiny_model_dir, tmp_path):
     _, report, out = vendored
-    assert len(load_dataset_entries(out)) == report["clips_out"] == 5
+    assert len(load_dataset_entries(out)) == report["clips_out"] == 6
     run = tmp_path / "run"
     tiny_fit(tiny_model_dir, out, run, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1")
     assert (run / "checkpoints" / "last.ckpt").is_file()
