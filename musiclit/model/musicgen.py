@@ -168,7 +168,7 @@ def build_from_config(config: dict[str, Any] | str | os.PathLike[str], seed: int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(cfg)
-        init_codebooks(model.audio_encoder)
+        init_random_codec(model.audio_encoder)
     return model, build_char_tokenizer()
 
 
@@ -186,6 +186,42 @@ def model_classes(model_type: str) -> tuple[Any, Any]:
     if model_type == "musicgen":
         return MusicgenConfig, MusicgenForConditionalGeneration
     raise ModelLoadError(f"model_type '{model_type}' is not MusicGen (musicgen or musicgen_melody)")
+
+
+CODEC_OUTPUT_STD = 0.1  # RMS of a random-init codec's decoded audio for random codes
+
+
+@torch.no_grad()
+def init_random_codec(codec: Any) -> None:
+    """Make a random-init EnCodec a codec whose codes carry the audio: input-dependent, with usable codebooks.
+
+    At transformers' random init the convolution and LSTM biases outweigh what passes through the weights:
+    every input encodes to nearly the same few codes and every code sequence decodes to nearly the same
+    audio (measured on the tiny config: 6 distinct codes for white noise and for a sine, decoded random
+    code sequences correlated at 0.99999). With the biases at zero the stacks pass their input on, then
+    :func:`init_codebooks` fills the codebooks from latents of a broadband signal, and the last layer is
+    scaled so that random codes decode to audio of RMS ``CODEC_OUTPUT_STD``. Only for random init: a
+    pretrained codec is never touched. Uses the global RNG (callers seed it).
+    """
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    for module in codec.modules():
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and module.bias is not None:
+            module.bias.zero_()
+        elif isinstance(module, nn.LSTM):
+            for name, param in module.named_parameters():
+                if "bias" in name:
+                    param.zero_()
+    init_codebooks(codec)
+    cfg = codec.config
+    codes = torch.randint(0, cfg.codebook_size, (1, 1, codec.quantizer.num_quantizers, 64))
+    rms = float(codec.decode(codes, [None])[0].float().pow(2).mean().sqrt())
+    last = codec.decoder.layers[-1].conv
+    if parametrize.is_parametrized(last, "weight"):
+        last.parametrizations.weight.original0.mul_(CODEC_OUTPUT_STD / max(rms, 1e-12))
+    else:
+        last.weight.mul_(CODEC_OUTPUT_STD / max(rms, 1e-12))
 
 
 @torch.no_grad()
